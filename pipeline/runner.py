@@ -1,0 +1,205 @@
+"""Plan stage keys, skip what is cached, run the rest, and record everything in MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import __version__
+from pipeline.cache import Artifact, ArtifactStore, stage_key
+from pipeline.config import PipelineConfig
+from pipeline.registry import STAGES, closure
+from pipeline.stage import StageContext, StageError, StageSpec
+from pipeline.tracking import Tracker, resolve_tracking_uri
+
+log = logging.getLogger("bertpress")
+
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "datasets",
+    "mlflow",
+    "tokenizers",
+)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "bertpress": __version__}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def code_version(spec: StageSpec) -> str:
+    digest = hashlib.sha256(__version__.encode())
+    for path in spec.code_files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def section_values(cfg: PipelineConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    dumped = cfg.model_dump(mode="json")
+    values: dict[str, Any] = {}
+    for dotted in sections:
+        node: Any = dumped
+        for part in dotted.split("."):
+            node = node[part]
+        values[dotted] = node
+    return values
+
+
+@dataclass
+class PlannedStage:
+    spec: StageSpec
+    key: str
+    config: dict[str, Any]
+    artifact: Artifact | None  # present when this exact key is already finished
+    stale_keys: list[str]  # finished outputs of this stage under other keys
+
+    @property
+    def status(self) -> str:
+        if self.artifact is not None:
+            return "done"
+        return "stale" if self.stale_keys else "missing"
+
+
+def plan(cfg: PipelineConfig, store: ArtifactStore) -> dict[str, PlannedStage]:
+    """Compute every stage's key from config, code and upstream keys (cheap: no heavy imports)."""
+    planned: dict[str, PlannedStage] = {}
+    for spec in STAGES:
+        config = section_values(cfg, spec.config_sections)
+        upstream = {name: planned[name].key for name in spec.upstream}
+        fingerprint = spec.fingerprint(cfg) if spec.fingerprint else None
+        key = stage_key(spec.name, config, upstream, code_version(spec), fingerprint)
+        artifact = store.get(spec.name, key)
+        stale = [k for k in store.finished_keys(spec.name) if k != key]
+        planned[spec.name] = PlannedStage(spec, key, config, artifact, stale)
+    return planned
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    key: str
+    path: Path
+    cached: bool
+    seconds: float
+    metrics: dict[str, float]
+
+
+class Runner:
+    def __init__(self, cfg: PipelineConfig, config_path: Path | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.store = ArtifactStore(cfg.runtime.artifacts_dir)
+
+    def tracker(self) -> Tracker:
+        uri = resolve_tracking_uri(self.cfg.runtime.tracking_uri, self.cfg.runtime.artifacts_dir)
+        return Tracker(uri, experiment=self.cfg.project.name)
+
+    def run(self, target: str = "all", force: bool = False) -> list[StageOutcome]:
+        selected = closure(target)
+        planned = plan(self.cfg, self.store)
+        forced = {spec.name for spec in selected} if target == "all" else {target}
+        forced = forced if force else set()
+        tracker = self.tracker()
+        log.info("tracking to %s (experiment %r)", tracker.tracking_uri, self.cfg.project.name)
+        outcomes: list[StageOutcome] = []
+        tags = {"target": target, "config": str(self.config_path or "(defaults)")}
+        with tracker.pipeline_run(f"{self.cfg.project.name}:{target}", tags=tags):
+            tracker.log_text(
+                yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False), "config.yaml"
+            )
+            for spec in selected:
+                item = planned[spec.name]
+                if item.artifact is not None and spec.name not in forced:
+                    outcomes.append(self._replay(tracker, item))
+                else:
+                    outcomes.append(self._execute(tracker, item, planned))
+                    # A rerun replaces what was planned; later stages read the fresh manifest.
+                    item.artifact = self.store.get(spec.name, item.key)
+            tracker.log_metrics(
+                {f"time/{o.name}_s": o.seconds for o in outcomes}
+                | {"time/total_s": sum(o.seconds for o in outcomes)}
+            )
+        return outcomes
+
+    def _replay(self, tracker: Tracker, item: PlannedStage) -> StageOutcome:
+        start = time.perf_counter()
+        art = item.artifact
+        assert art is not None
+        with tracker.stage_run(
+            item.spec.name, item.config, tags={"cached": "true", "key": item.key}
+        ):
+            tracker.log_metrics(art.metrics)
+            tracker.set_tags({"artifact_dir": art.path, "source_run_id": art.manifest.get("mlflow_run_id")})
+        seconds = time.perf_counter() - start
+        log.info("[%s] cache hit %s (%.2fs)", item.spec.name, art.path, seconds)
+        return StageOutcome(item.spec.name, item.key, art.path, True, seconds, art.metrics)
+
+    def _execute(
+        self, tracker: Tracker, item: PlannedStage, planned: dict[str, PlannedStage]
+    ) -> StageOutcome:
+        spec = item.spec
+        inputs: dict[str, Artifact] = {}
+        for name in spec.upstream:
+            art = planned[name].artifact
+            if art is None:  # cannot happen when closure() ordered things; guard for clarity
+                raise StageError(f"stage {spec.name!r} needs {name!r}; run `bertpress run {name}`")
+            inputs[name] = art
+        log.info("[%s] running: %s (key %s)", spec.name, spec.description, item.key)
+        tmp = self.store.begin(spec.name, item.key)
+        start = time.perf_counter()
+        try:
+            with tracker.stage_run(spec.name, item.config, tags={"cached": "false", "key": item.key}) as run_id:
+                ctx = StageContext(
+                    cfg=self.cfg,
+                    name=spec.name,
+                    key=item.key,
+                    out=tmp,
+                    inputs=inputs,
+                    tracker=tracker,
+                    log=logging.getLogger(f"bertpress.{spec.name}"),
+                    scratch=self.store.scratch(spec.name, item.key),
+                )
+                result = spec.run(ctx)
+                seconds = time.perf_counter() - start
+                manifest = {
+                    "description": spec.description,
+                    "config": item.config,
+                    "inputs": {n: {"key": a.key, "path": str(a.path)} for n, a in inputs.items()},
+                    "metrics": result.metrics,
+                    "outputs": result.outputs,
+                    "info": result.info,
+                    "mlflow_run_id": run_id,
+                    "seed": self.cfg.project.seed,
+                    "versions": library_versions(),
+                    "wall_time_s": round(seconds, 3),
+                }
+                artifact = self.store.commit(tmp, spec.name, item.key, manifest)
+                self.store.drop_scratch(spec.name, item.key)
+                tracker.log_metrics(result.metrics | {f"time/{spec.name}_s": seconds})
+                tracker.set_tags({"artifact_dir": artifact.path})
+                tracker.log_artifact(artifact.path / "manifest.json")
+        except BaseException:
+            self.store.abort(tmp)
+            raise
+        log.info("[%s] done in %.1fs -> %s", spec.name, seconds, artifact.path)
+        return StageOutcome(spec.name, item.key, artifact.path, False, seconds, result.metrics)

@@ -1,0 +1,108 @@
+"""The one object through which everything is logged to MLflow.
+
+One parent run per pipeline invocation, one nested run per stage. The embedded default store is
+sqlite inside the artifacts root (MLflow 3 refuses a plain file store); $MLFLOW_TRACKING_URI or
+``runtime.tracking_uri`` point it at a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on one param value
+
+
+def resolve_tracking_uri(configured: str | None, artifacts_dir: Path) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(artifacts_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (MLflow params are strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str):
+        import mlflow
+
+        self._mlflow = mlflow
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment)
+        self.parent_run_id: str | None = None
+
+    # -- runs -----------------------------------------------------------------------------------
+    @contextmanager
+    def pipeline_run(self, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        with self._mlflow.start_run(run_name=name, tags=dict(tags or {})) as run:
+            self.parent_run_id = run.info.run_id
+            try:
+                yield run.info.run_id
+            finally:
+                self.parent_run_id = None
+
+    @contextmanager
+    def stage_run(
+        self, stage: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    ) -> Iterator[str]:
+        with self._mlflow.start_run(
+            run_name=stage, nested=self.parent_run_id is not None, tags={"stage": stage, **(tags or {})}
+        ) as run:
+            self.log_params(params)
+            yield run.info.run_id
+
+    # -- logging --------------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = {
+            k: (json.dumps(v) if isinstance(v, list | dict) else str(v))[:MAX_PARAM_LENGTH]
+            for k, v in flatten(params).items()
+        }
+        if flat:
+            self._mlflow.log_params(flat)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dict(self, data: Mapping[str, Any], filename: str) -> None:
+        self._mlflow.log_dict(dict(data), filename)
+
+    def log_text(self, text: str, filename: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / filename
+            target.write_text(text)
+            self._mlflow.log_artifact(str(target))

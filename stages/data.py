@@ -1,0 +1,246 @@
+"""data stage: load labelled text, clean it, split it (seeded, stratified), tokenize it with the
+teacher's tokenizer, and save it with its label map.
+
+Writes: dataset/ (a datasets.DatasetDict with text, label and token ids), tokenizer/, labels.json,
+data_report.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+
+from pipeline.config import DataConfig, PipelineConfig
+from pipeline.stage import StageContext, StageError, StageResult
+from stages._hf import build_tokenizer, save_json
+from stages._sources import ROTTEN_TOMATOES, extract, source_fingerprint
+
+SPLITS = ("train", "validation", "test")
+TEXT, PAIR, LABEL = "text", "text_pair", "label"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: every source is normalised to DataFrames with columns text, [text_pair], label.
+
+
+def _load_builtin() -> dict[str, pd.DataFrame]:
+    csv = extract(ROTTEN_TOMATOES)
+    frame = pd.read_csv(csv)
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]  # 'plot' rows are not reviews
+    return {"train": pd.DataFrame({TEXT: frame["text"], LABEL: frame["category"]})}
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise StageError(f"data file {path} does not exist; fix data.files in your config")
+    # pandas decompresses .gz/.bz2 itself; the format is the suffix before it.
+    suffix = path.suffixes[-2] if path.suffix in {".gz", ".bz2"} and len(path.suffixes) > 1 else path.suffix
+    readers = {
+        ".csv": lambda: pd.read_csv(path),
+        ".tsv": lambda: pd.read_csv(path, sep="\t"),
+        ".json": lambda: _read_json(path),
+        ".jsonl": lambda: pd.read_json(path, lines=True),
+        ".parquet": lambda: pd.read_parquet(path),
+    }
+    reader = readers.get(suffix.lower())
+    if reader is None:
+        raise StageError(
+            f"{path}: unsupported file type {suffix!r}; use one of {', '.join(readers)}"
+        )
+    try:
+        return reader()
+    except UnicodeDecodeError as exc:
+        raise StageError(f"{path} is not valid UTF-8 ({exc}); re-save it as UTF-8") from None
+    except ValueError as exc:
+        raise StageError(f"{path} could not be parsed: {exc}") from None
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_json(path)
+    except ValueError:
+        return pd.read_json(path, lines=True)
+
+
+def _select_columns(frame: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFrame:
+    wanted = {TEXT: cfg.text_column, LABEL: cfg.label_column}
+    if cfg.text_pair_column:
+        wanted[PAIR] = cfg.text_pair_column
+    missing = [col for col in wanted.values() if col not in frame.columns]
+    if missing:
+        raise StageError(
+            f"{where}: column(s) {missing} not found; it has {list(frame.columns)}. "
+            f"Set data.text_column / data.label_column / data.text_pair_column to match."
+        )
+    return pd.DataFrame({ours: frame[theirs] for ours, theirs in wanted.items()})
+
+
+def _load_files(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    assert cfg.files is not None
+    frames = {}
+    for split in SPLITS:
+        path = getattr(cfg.files, split)
+        if path is not None:
+            frames[split] = _select_columns(_read_file(Path(path)), cfg, str(path))
+    return frames
+
+
+def _load_hub(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
+    try:
+        ds = load_dataset(cfg.hub_name, cfg.hub_config)
+    except Exception as exc:  # offline, unknown id, ... -- the library's message says which
+        raise StageError(
+            f"could not load dataset {cfg.hub_name!r} (config {cfg.hub_config!r}) from the hub: "
+            f"{exc}. Offline? Use data.source=builtin or data.source=files."
+        ) from None
+    names = None
+    frames = {}
+    for ours in SPLITS:
+        theirs = cfg.hub_splits.get(ours, ours)
+        if theirs in ds:
+            feature = ds[theirs].features.get(cfg.label_column)
+            if isinstance(feature, ClassLabel):
+                names = feature.names
+            frames[ours] = _select_columns(ds[theirs].to_pandas(), cfg, f"{cfg.hub_name}[{theirs}]")
+    if "train" not in frames:
+        raise StageError(f"{cfg.hub_name} has no train split; map one with data.hub_splits.train")
+    return frames, names
+
+
+# --------------------------------------------------------------------------------------------
+# Cleaning and splitting
+
+
+def _clean(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    before = len(frame)
+    frame = frame.dropna(subset=[TEXT, LABEL]).copy()
+    frame[TEXT] = frame[TEXT].astype(str).str.strip()
+    frame = frame[frame[TEXT] != ""]
+    after_empty = len(frame)
+    keys = [TEXT, PAIR] if PAIR in frame else [TEXT]
+    frame = frame.drop_duplicates(subset=keys)
+    return frame.reset_index(drop=True), {
+        "dropped_empty": before - after_empty,
+        "dropped_duplicates": after_empty - len(frame),
+    }
+
+
+def _label_names(frames: dict[str, pd.DataFrame], hub_names: list[str] | None) -> list[str]:
+    if hub_names:
+        return list(hub_names)
+    values = pd.concat([f[LABEL] for f in frames.values()]).unique().tolist()
+    # Sort ints numerically, strings alphabetically: a stable order for any labelling.
+    return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
+
+
+def _to_dataset(frame: pd.DataFrame, names: list[str]) -> Dataset:
+    frame = frame.copy()
+    frame[LABEL] = frame[LABEL].map(lambda v: names.index(str(v)))
+    ds = Dataset.from_pandas(frame, preserve_index=False)
+    return ds.cast_column(LABEL, ClassLabel(names=names))
+
+
+def _split(
+    frames: dict[str, pd.DataFrame], names: list[str], cfg: DataConfig, seed: int
+) -> DatasetDict:
+    train = _to_dataset(frames["train"], names)
+    for split in SPLITS[1:]:
+        unknown = set(frames[split][LABEL].astype(str)) - set(names) if split in frames else set()
+        if unknown:
+            raise StageError(f"{split} split has labels {sorted(unknown)} that train lacks")
+    counts = Counter(train[LABEL])
+    stratify = LABEL if min(counts.values()) >= 2 else None
+    parts: dict[str, Dataset] = {}
+    if "test" in frames:
+        parts["test"] = _to_dataset(frames["test"], names)
+    else:
+        cut = train.train_test_split(test_size=cfg.test_size, seed=seed, stratify_by_column=stratify)
+        train, parts["test"] = cut["train"], cut["test"]
+    if "validation" in frames:
+        parts["validation"] = _to_dataset(frames["validation"], names)
+    else:
+        share = cfg.validation_size / (1 - (0 if "test" in frames else cfg.test_size))
+        cut = train.train_test_split(test_size=share, seed=seed, stratify_by_column=stratify)
+        train, parts["validation"] = cut["train"], cut["test"]
+    result = DatasetDict(train=train, validation=parts["validation"], test=parts["test"])
+    if cfg.max_train_samples and len(result["train"]) > cfg.max_train_samples:
+        result["train"] = result["train"].shuffle(seed=seed).select(range(cfg.max_train_samples))
+    if cfg.max_eval_samples:
+        for split in SPLITS[1:]:
+            if len(result[split]) > cfg.max_eval_samples:
+                result[split] = result[split].shuffle(seed=seed).select(range(cfg.max_eval_samples))
+    return result
+
+
+def load_splits(cfg: PipelineConfig) -> DatasetDict:
+    """Load, clean and split the configured data (no tokenization)."""
+    data = cfg.data
+    hub_names = None
+    if data.source == "builtin":
+        frames = _load_builtin()
+    elif data.source == "files":
+        frames = _load_files(data)
+    else:
+        frames, hub_names = _load_hub(data)
+    cleaned = {}
+    for split, frame in frames.items():
+        cleaned[split], _ = _clean(frame)
+        if cleaned[split].empty:
+            raise StageError(f"the {split} split is empty after dropping empty texts")
+    names = _label_names(cleaned, hub_names)
+    if len(names) < 2:
+        raise StageError(f"only one label ({names}) in the data: classification needs two or more")
+    return _split(cleaned, names, data, cfg.project.seed)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg
+    splits = load_splits(cfg)
+    names = splits["train"].features[LABEL].names
+    tokenizer = build_tokenizer(cfg.teacher, splits["train"][TEXT])
+    tokenizer.save_pretrained(ctx.out / "tokenizer")
+
+    def tokenize(batch):
+        pair = batch[PAIR] if PAIR in batch else None
+        return tokenizer(batch[TEXT], pair, truncation=True, max_length=cfg.data.max_length)
+
+    tokenized = splits.map(tokenize, batched=True, desc="tokenize")
+    tokenized.save_to_disk(str(ctx.out / "dataset"))
+
+    id2label = dict(enumerate(names))
+    save_json(ctx.out / "labels.json", {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}})
+    counts = {
+        split: {names[i]: int(n) for i, n in sorted(Counter(tokenized[split][LABEL]).items())}
+        for split in SPLITS
+    }
+    truncated = sum(len(ids) >= cfg.data.max_length for ids in tokenized["train"]["input_ids"])
+    lengths = [len(ids) for ids in tokenized["train"]["input_ids"]]
+    report = {
+        "source": cfg.data.source,
+        "source_fingerprint": source_fingerprint(cfg.data),
+        "dataset_fingerprint": {s: tokenized[s]._fingerprint for s in SPLITS},
+        "class_counts": counts,
+        "num_labels": len(names),
+        "id2label": id2label,
+    }
+    save_json(ctx.out / "data_report.json", report)
+    ctx.tracker.log_artifact(ctx.out / "data_report.json")
+    ctx.log.info("splits: %s; labels: %s", {s: len(tokenized[s]) for s in SPLITS}, names)
+    metrics = {f"data/{s}_examples": float(len(tokenized[s])) for s in SPLITS}
+    metrics |= {
+        "data/num_labels": float(len(names)),
+        "data/train_truncated_fraction": truncated / max(len(lengths), 1),
+        "data/train_mean_tokens": sum(lengths) / max(len(lengths), 1),
+    }
+    return StageResult(
+        metrics=metrics,
+        outputs={"dataset": "dataset", "tokenizer": "tokenizer", "labels": "labels.json"},
+        info={"class_counts": counts, "id2label": id2label},
+    )
