@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markdown import Markdown
 from rich.table import Table
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
@@ -21,7 +20,8 @@ from pipeline.registry import STAGE_NAMES
 from pipeline.stage import StageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-console = Console(stderr=False)
+# Wide enough for the results table when output goes to a file or CI log.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
@@ -34,15 +34,16 @@ SetOpt = Annotated[
 
 
 def _setup_logging(level: str) -> None:
+    # Root at WARNING keeps libraries quiet (onnxruntime's quantizer logs every tensor at INFO);
+    # our own loggers ("bertpress.*") use the configured level.
     logging.basicConfig(
-        level=level,
+        level=logging.WARNING,
         format="%(message)s",
         datefmt="[%X]",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "onnxruntime", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("bertpress").setLevel(level)
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
@@ -72,8 +73,11 @@ def run(
         table.add_row(o.name, "cached" if o.cached else "ran", f"{o.seconds:.1f}", o.key, str(o.path))
     console.print(table)
     bench = next((o for o in outcomes if o.name == "benchmark"), None)
-    if bench is not None and (bench.path / "results.md").is_file():
-        console.print(Markdown((bench.path / "results.md").read_text()))
+    if bench is not None and (bench.path / "benchmark.json").is_file():
+        from pipeline.report import results_table
+
+        console.print(results_table(bench.path / "benchmark.json"))
+        console.print(f"Full report: {bench.path / 'results.md'}, plot: {bench.path / 'accuracy_vs_latency.png'}")
     console.print(f"Artifacts: {cfg.runtime.artifacts_dir.resolve()}   MLflow UI: `make ui`")
 
 

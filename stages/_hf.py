@@ -33,7 +33,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def save_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    path.write_text(json.dumps(data, indent=2, default=str))
 
 
 def resolve_model_source(name: str) -> str:
@@ -61,7 +61,15 @@ def _hub_error(name: str, exc: Exception) -> StageError:
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> BertTokenizerFast:
     """A BERT-style WordPiece tokenizer trained on the data (for random-weight test models)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)

@@ -7,7 +7,6 @@ data_report.json.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -99,13 +98,15 @@ def _load_hub(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str] | Non
         ) from None
     names = None
     frames = {}
-    for ours in SPLITS:
-        theirs = cfg.hub_splits.get(ours, ours)
-        if theirs in ds:
-            feature = ds[theirs].features.get(cfg.label_column)
-            if isinstance(feature, ClassLabel):
-                names = feature.names
-            frames[ours] = _select_columns(ds[theirs].to_pandas(), cfg, f"{cfg.hub_name}[{theirs}]")
+    # With an explicit mapping only the mapped splits are read (GLUE's test labels are hidden).
+    mapping = dict(cfg.hub_splits) or {s: s for s in SPLITS if s in ds}
+    for ours, theirs in mapping.items():
+        if theirs not in ds:
+            raise StageError(f"{cfg.hub_name} has no split {theirs!r}; it has {list(ds)}")
+        feature = ds[theirs].features.get(cfg.label_column)
+        if isinstance(feature, ClassLabel):
+            names = feature.names
+        frames[ours] = _select_columns(ds[theirs].to_pandas(), cfg, f"{cfg.hub_name}[{theirs}]")
     if "train" not in frames:
         raise StageError(f"{cfg.hub_name} has no train split; map one with data.hub_splits.train")
     return frames, names
@@ -208,7 +209,7 @@ def run(ctx: StageContext) -> StageResult:
     tokenizer.save_pretrained(ctx.out / "tokenizer")
 
     def tokenize(batch):
-        pair = batch[PAIR] if PAIR in batch else None
+        pair = batch.get(PAIR)
         return tokenizer(batch[TEXT], pair, truncation=True, max_length=cfg.data.max_length)
 
     tokenized = splits.map(tokenize, batched=True, desc="tokenize")

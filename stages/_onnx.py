@@ -1,0 +1,78 @@
+"""Shared ONNX Runtime helpers: sessions, padded numpy batches, scoring, graph statistics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from pipeline.config import RuntimeConfig
+from stages._hf import MODEL_INPUTS, classification_metrics
+
+
+def providers(runtime: RuntimeConfig | None = None) -> list[str]:
+    """CUDA first when onnxruntime-gpu sees a GPU (unless runtime.device=cpu), CPU always."""
+    available = ort.get_available_providers()
+    chosen = []
+    if "CUDAExecutionProvider" in available and (runtime is None or runtime.device != "cpu"):
+        chosen.append("CUDAExecutionProvider")
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def make_session(
+    path: Path, runtime: RuntimeConfig | None = None, threads: int | None = None,
+    provider_list: list[str] | None = None,
+) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    n = threads if threads is not None else (runtime.threads if runtime else 0)
+    if n:
+        opts.intra_op_num_threads = n
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=provider_list or providers(runtime))
+
+
+def padded_batches(
+    ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Yield (inputs padded to the longest in the batch as int64, labels)."""
+    columns = [c for c in MODEL_INPUTS if c in ds.column_names]
+    for start in range(0, len(ds), batch_size):
+        rows = ds[start : start + batch_size]
+        features = [{c: rows[c][i] for c in columns} for i in range(len(rows[columns[0]]))]
+        padded = tokenizer.pad(features, return_tensors="np")
+        yield {k: v.astype(np.int64) for k, v in padded.items()}, np.asarray(rows["label"])
+
+
+def session_feed(session: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in batch.items() if k in names}
+
+
+def onnx_logits(session: ort.InferenceSession, ds: Dataset, tokenizer, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    logits, labels = [], []
+    for batch, y in padded_batches(ds, tokenizer, batch_size):
+        logits.append(session.run(["logits"], session_feed(session, batch))[0])
+        labels.append(y)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def score_onnx(path: Path, ds: Dataset, tokenizer, runtime: RuntimeConfig | None = None) -> dict[str, float]:
+    logits, labels = onnx_logits(make_session(path, runtime), ds, tokenizer)
+    return classification_metrics(logits, labels)
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
+
+
+def file_mb(path: Path) -> float:
+    return Path(path).stat().st_size / 1e6

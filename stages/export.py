@@ -1,0 +1,124 @@
+"""export stage: teacher and student to ONNX (dynamic batch and sequence axes) via optimum, a parity
+check against PyTorch on real validation inputs, then onnxruntime's transformer fusions (attention,
+SkipLayerNorm, GELU, embeddings), with the parity check repeated on the fused graph.
+
+Writes, for m in {teacher, student}: m/model.onnx, m/model_fused.onnx, m/config.json, tokenizer
+files, and parity.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from onnxruntime.transformers.fusion_options import FusionOptions
+from onnxruntime.transformers.optimizer import optimize_model
+from optimum.exporters.onnx import main_export
+from transformers import AutoTokenizer
+
+from pipeline.stage import StageContext, StageError, StageResult
+from stages._hf import load_classifier, load_tokenized, save_json
+from stages._onnx import file_mb, make_session, padded_batches, session_feed
+
+# Fused operators worth reporting (onnxruntime's names); counts of 0 are kept to show what failed.
+FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+             "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+log = logging.getLogger("bertpress.export")
+
+
+def to_onnx(model_dir: Path, out_dir: Path, opset: int) -> Path:
+    main_export(
+        model_name_or_path=str(model_dir),
+        output=out_dir,
+        task="text-classification",
+        opset=opset,
+        device="cpu",
+        do_validation=False,  # we validate on real data below, with our own tolerance
+        library_name="transformers",
+    )
+    path = out_dir / "model.onnx"
+    if not path.is_file():
+        raise StageError(f"optimum wrote no {path}")
+    return path
+
+
+def fuse(onnx_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """onnxruntime's BERT fusions in Python only (opt_level=0), so the graph stays portable across
+    CPU and GPU and can still be quantized."""
+    optimizer = optimize_model(
+        str(onnx_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+        optimization_options=FusionOptions("bert"), opt_level=0, use_gpu=False,
+    )
+    optimizer.save_model_to_file(str(out_path), use_external_data_format=False)
+    stats = optimizer.get_fused_operator_statistics()
+    return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
+
+
+def parity(model_dir: Path, onnx_path: Path, ds, tokenizer, runtime) -> dict[str, float]:
+    """Max |logit difference| and argmax disagreements, ONNX vs PyTorch, on real inputs."""
+    model = load_classifier(model_dir).eval()
+    session = make_session(onnx_path, runtime, provider_list=["CPUExecutionProvider"])
+    max_diff, flips, n = 0.0, 0, 0
+    for batch, _ in padded_batches(ds, tokenizer, batch_size=16):
+        with torch.no_grad():
+            expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+        got = session.run(["logits"], session_feed(session, batch))[0]
+        max_diff = max(max_diff, float(np.abs(expected - got).max()))
+        flips += int((expected.argmax(-1) != got.argmax(-1)).sum())
+        n += len(got)
+    return {"max_abs_diff": max_diff, "argmax_changes": flips, "examples": n}
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg, ecfg = ctx.cfg, ctx.cfg.export
+    data = ctx.input("data")
+    tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))
+    validation = load_tokenized(data)["validation"]
+    sample = validation.select(range(min(ecfg.parity_samples, len(validation))))
+
+    metrics: dict[str, float] = {}
+    outputs: dict[str, str] = {}
+    info: dict[str, dict] = {"parity": {}, "fused_ops": {}}
+    for role, stage in (("teacher", "finetune"), ("student", "distill")):
+        model_dir = ctx.input(stage).output("model")
+        out_dir = ctx.out / role
+        ctx.log.info("exporting the %s (%s) to ONNX", role, model_dir)
+        raw = to_onnx(model_dir, out_dir, ecfg.opset)
+        checks = {"onnx": raw}
+        if ecfg.optimize:
+            model_cfg = load_classifier(model_dir).config
+            fused_path = out_dir / "model_fused.onnx"
+            counts = fuse(raw, fused_path, model_cfg.num_attention_heads, model_cfg.hidden_size)
+            info["fused_ops"][role] = counts
+            metrics |= {f"{role}/fused_{op.lower()}": float(n) for op, n in counts.items() if n}
+            if counts["Attention"] + counts["MultiHeadAttention"] < model_cfg.num_hidden_layers:
+                ctx.log.warning(
+                    "%s: attention fused in %d of %d layers; the unfused graph is slower",
+                    role, counts["Attention"] + counts["MultiHeadAttention"], model_cfg.num_hidden_layers,
+                )
+            checks["fused"] = fused_path
+            outputs[f"{role}_fused"] = f"{role}/model_fused.onnx"
+        for variant, path in checks.items():
+            result = parity(model_dir, path, sample, tokenizer, cfg.runtime)
+            info["parity"][f"{role}_{variant}"] = result
+            metrics[f"{role}/{variant}_max_abs_diff"] = result["max_abs_diff"]
+            metrics[f"{role}/{variant}_size_mb"] = file_mb(path)
+            if result["max_abs_diff"] > ecfg.atol or result["argmax_changes"]:
+                raise StageError(
+                    f"{role} {variant} ONNX disagrees with PyTorch on {result['examples']} validation "
+                    f"examples: max |logit diff| {result['max_abs_diff']:.2e} (export.atol "
+                    f"{ecfg.atol:.0e}), {result['argmax_changes']} prediction(s) changed. Try another "
+                    "export.opset, or export.optimize=false if only the fused graph fails."
+                )
+            ctx.log.info("%s %s parity: max |diff| %.2e on %d examples", role, variant,
+                         result["max_abs_diff"], result["examples"])
+        outputs[f"{role}_onnx"] = f"{role}/model.onnx"
+        outputs[f"{role}_dir"] = role
+        # The best graph for serving: fused when fusion ran.
+        outputs[f"{role}_best"] = outputs.get(f"{role}_fused", outputs[f"{role}_onnx"])
+    save_json(ctx.out / "parity.json", info)
+    ctx.tracker.log_artifact(ctx.out / "parity.json")
+    return StageResult(metrics=metrics, outputs=outputs | {"parity": "parity.json"}, info=info)
+

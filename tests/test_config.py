@@ -1,0 +1,395 @@
+"""load_config / apply_overrides / parse_override / build_config, and the CLI's config errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import (
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    build_config,
+    load_config,
+    parse_override,
+)
+from pipeline.registry import STAGE_NAMES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = REPO_ROOT / "configs" / "tiny.yaml"
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config(None)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.project.seed == 42
+    assert cfg.data.source == "builtin"
+    assert cfg.teacher.model == "builtin:minilm-l6"
+    assert cfg.teacher.random is None
+    assert cfg.distill.student.keep_layers == [0, 2, 4]
+    assert cfg.distill.temperature == 2.0
+    assert cfg.distill.alpha == 0.5
+    assert cfg.runtime.artifacts_dir == Path("artifacts")
+    assert cfg.benchmark.seq_lengths == [32, 128]
+    # build_config({}) is the same thing as load_config(None).
+    assert build_config({}) == cfg
+
+
+def test_random_teacher_gets_default_shape() -> None:
+    cfg = load_config(None, ["teacher.model=random", "distill.student.keep_layers=[0, 3]"])
+    assert cfg.teacher.random is not None
+    assert cfg.teacher.random.num_hidden_layers == 4
+    assert cfg.teacher.random.hidden_size == 64
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(ValueError):
+        cfg.project.seed = 1  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_override
+
+
+@pytest.mark.parametrize(
+    ("item", "parts", "value"),
+    [
+        ("project.seed=7", ["project", "seed"], 7),
+        ("distill.temperature=4.5", ["distill", "temperature"], 4.5),
+        ("finetune.learning_rate=2.0e-5", ["finetune", "learning_rate"], 2.0e-5),
+        ("export.optimize=false", ["export", "optimize"], False),
+        ("quantize.per_channel=true", ["quantize", "per_channel"], True),
+        ("benchmark.seq_lengths=[8, 16, 64]", ["benchmark", "seq_lengths"], [8, 16, 64]),
+        ("data.max_train_samples=null", ["data", "max_train_samples"], None),
+        ("data.max_train_samples=~", ["data", "max_train_samples"], None),
+        ("project.name=my-run", ["project", "name"], "my-run"),
+        ("project.name='42'", ["project", "name"], "42"),
+        ("project.name=", ["project", "name"], ""),
+        ("runtime.tracking_uri=sqlite:///x.db", ["runtime", "tracking_uri"], "sqlite:///x.db"),
+        ("a.b=c=d", ["a", "b"], "c=d"),  # only the first '=' separates key and value
+        (" project.seed =3", ["project", "seed"], 3),
+        ("data.hub_splits={train: train, test: validation}", ["data", "hub_splits"],
+         {"train": "train", "test": "validation"}),
+    ],
+)
+def test_parse_override_yaml_types(item: str, parts: list[str], value: object) -> None:
+    got_parts, got_value = parse_override(item)
+    assert got_parts == parts
+    assert got_value == value
+    assert type(got_value) is type(value)
+
+
+@pytest.mark.parametrize("item", ["project.seed", "noequals"])
+def test_parse_override_needs_equals(item: str) -> None:
+    with pytest.raises(ConfigError, match="not of the form"):
+        parse_override(item)
+
+
+@pytest.mark.parametrize("item", ["project..seed=1", ".seed=1", "project.=1", "=1"])
+def test_parse_override_empty_segment(item: str) -> None:
+    with pytest.raises(ConfigError, match="empty key segment"):
+        parse_override(item)
+
+
+def test_parse_override_invalid_yaml() -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_override("benchmark.seq_lengths=[1, 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# apply_overrides
+
+
+def test_apply_overrides_sets_and_does_not_mutate_input() -> None:
+    raw = {"project": {"seed": 1, "name": "x"}, "benchmark": {"seq_lengths": [1, 2]}}
+    out = apply_overrides(raw, ["project.seed=9", "benchmark.seq_lengths=[4]"])
+    assert out == {"project": {"seed": 9, "name": "x"}, "benchmark": {"seq_lengths": [4]}}
+    assert raw == {"project": {"seed": 1, "name": "x"}, "benchmark": {"seq_lengths": [1, 2]}}
+    # A deep copy: nested lists are not shared with the input.
+    out2 = apply_overrides(raw, [])
+    out2["benchmark"]["seq_lengths"].append(3)
+    assert raw["benchmark"]["seq_lengths"] == [1, 2]
+
+
+def test_apply_overrides_creates_nested_dicts() -> None:
+    out = apply_overrides({}, ["distill.student.keep_layers=[1, 3]", "teacher.random.hidden_size=16"])
+    assert out == {
+        "distill": {"student": {"keep_layers": [1, 3]}},
+        "teacher": {"random": {"hidden_size": 16}},
+    }
+
+
+def test_apply_overrides_fills_a_null_section() -> None:
+    out = apply_overrides({"data": {"files": None}}, ["data.files.train=a.csv"])
+    assert out == {"data": {"files": {"train": "a.csv"}}}
+
+
+def test_apply_overrides_later_wins() -> None:
+    out = apply_overrides({}, ["project.seed=1", "project.seed=2"])
+    assert out["project"]["seed"] == 2
+
+
+def test_override_into_scalar_names_it() -> None:
+    raw = {"project": {"name": "x"}}
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(raw, ["project.name.first=1"])
+    msg = str(info.value)
+    assert "'name'" in msg
+    assert "project.name.first=1" in msg
+
+
+def test_override_into_scalar_via_load_config() -> None:
+    with pytest.raises(ConfigError, match="'seed' holds a value"):
+        load_config(TINY, ["project.seed.x=1"])
+
+
+def test_overrides_apply_on_top_of_yaml() -> None:
+    cfg = load_config(TINY, ["distill.temperature=4", "finetune.batch_size=8", "export.optimize=false"])
+    assert cfg.distill.temperature == 4.0
+    assert cfg.finetune.batch_size == 8
+    assert cfg.export.optimize is False
+    assert cfg.project.seed == 13  # untouched values come from the YAML
+
+
+def test_exponent_without_dot_still_becomes_a_float() -> None:
+    # PyYAML reads 1e-3 as a string; pydantic must still turn it into a float.
+    cfg = load_config(None, ["finetune.learning_rate=1e-3"])
+    assert cfg.finetune.learning_rate == pytest.approx(1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation errors
+
+
+def test_unknown_key_rejected_with_dotted_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, ["finetune.batchsize=3"])
+    msg = str(info.value)
+    assert "finetune.batchsize" in msg
+    assert "unknown key" in msg
+
+
+def test_unknown_top_level_section_rejected() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"trainer": {"epochs": 1}})
+    assert "trainer: unknown key" in str(info.value)
+
+
+def test_unknown_nested_key_rejected_with_dotted_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, ["teacher.random.hidden=3"])
+    assert "teacher.random.hidden" in str(info.value)
+
+
+def test_several_errors_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            TINY,
+            ["distill.alpha=1.5", "finetune.batch_size=0", "export.bogus=1", "runtime.device=tpu"],
+        )
+    msg = str(info.value)
+    assert "4 problem(s)" in msg
+    for path in ("distill.alpha", "finetune.batch_size", "export.bogus", "runtime.device"):
+        assert f"  - {path}:" in msg, f"{path} missing from:\n{msg}"
+    assert "less than or equal to 1" in msg
+    assert "greater than or equal to 1" in msg
+
+
+def test_literal_error_lists_allowed_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.source=s3"])
+    msg = str(info.value)
+    assert "data.source" in msg
+    for allowed in ("'builtin'", "'hub'", "'files'"):
+        assert allowed in msg
+    assert "got 's3'" in msg
+
+
+def test_wrong_type_reported() -> None:
+    with pytest.raises(ConfigError, match="project.seed"):
+        load_config(None, ["project.seed=abc"])
+
+
+def test_files_source_needs_files() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.source=files"])
+    msg = str(info.value)
+    assert "data.source=files needs data.files.train" in msg
+    assert "  - data:" in msg
+
+
+def test_files_needs_train() -> None:
+    with pytest.raises(ConfigError, match=r"data\.files\.train"):
+        load_config(None, ["data.source=files", "data.files.test=x.csv"])
+
+
+def test_hub_source_needs_hub_name() -> None:
+    with pytest.raises(ConfigError, match="hub_name"):
+        load_config(None, ["data.source=hub"])
+
+
+def test_split_sizes_sum_checked() -> None:
+    with pytest.raises(ConfigError, match="validation_size \\+ data.test_size"):
+        load_config(None, ["data.validation_size=0.3", "data.test_size=0.3"])
+    # Just under the bound is fine.
+    cfg = load_config(None, ["data.validation_size=0.3", "data.test_size=0.25"])
+    assert cfg.data.test_size == 0.25
+
+
+def test_student_both_keep_layers_and_model() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, ["distill.student.model=prajjwal1/bert-tiny"])
+    msg = str(info.value)
+    assert "exactly one of distill.student.keep_layers or distill.student.model" in msg
+    assert "distill.student" in msg
+
+
+def test_student_neither_keep_layers_nor_model() -> None:
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_config(TINY, ["distill.student.keep_layers=null"])
+
+
+def test_student_model_alone_is_valid() -> None:
+    cfg = load_config(TINY, ["distill.student.keep_layers=null", "distill.student.model=some/model"])
+    assert cfg.distill.student.model == "some/model"
+    assert cfg.distill.student.keep_layers is None
+
+
+@pytest.mark.parametrize("layers", ["[]", "[0, 0]", "[-1, 1]"])
+def test_student_keep_layers_shape(layers: str) -> None:
+    with pytest.raises(ConfigError, match="distill.student"):
+        load_config(TINY, [f"distill.student.keep_layers={layers}"])
+
+
+def test_keep_layers_out_of_range_for_random_teacher() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, ["distill.student.keep_layers=[0, 4, 7]"])
+    msg = str(info.value)
+    assert "[4, 7]" in msg
+    assert "4-layer" in msg
+    assert "0..3" in msg
+
+
+def test_keep_layers_checked_against_default_random_shape() -> None:
+    # Default random teacher has 4 layers; the default student keeps [0, 2, 4].
+    with pytest.raises(ConfigError, match=r"keep_layers \[4\]"):
+        load_config(None, ["teacher.model=random"])
+
+
+def test_keep_layers_follow_teacher_depth() -> None:
+    cfg = load_config(TINY, ["teacher.random.num_hidden_layers=8", "distill.student.keep_layers=[1, 7]"])
+    assert cfg.distill.student.keep_layers == [1, 7]
+
+
+def test_random_section_only_with_random_model() -> None:
+    with pytest.raises(ConfigError, match="teacher.random is only used"):
+        load_config(None, ["teacher.random.hidden_size=32"])
+
+
+def test_heads_must_divide_hidden() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY, ["teacher.random.hidden_size=30"])
+    msg = str(info.value)
+    assert "teacher.random" in msg
+    assert "hidden_size (30)" in msg
+    assert "num_attention_heads (4)" in msg
+
+
+def test_benchmark_seq_lengths_range() -> None:
+    with pytest.raises(ConfigError, match="seq_lengths"):
+        load_config(None, ["benchmark.seq_lengths=[0, 600]"])
+    with pytest.raises(ConfigError, match="seq_lengths"):
+        load_config(None, ["benchmark.seq_lengths=[]"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert str(missing) in str(info.value)
+    assert "does not exist" in str(info.value)
+
+
+def test_config_file_must_hold_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- project\n- data\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections, got list"):
+        load_config(path)
+
+
+def test_invalid_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("project: {name: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(path)
+
+
+def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing here\n")
+    assert load_config(path) == load_config(None)
+
+
+def test_errors_in_a_file_report_dotted_paths(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("distill:\n  alpha: 3\n  student:\n    keep_layer: [0]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "distill.alpha" in msg
+    assert "distill.student.keep_layer" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _bertpress(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("bertpress")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "pipeline.cli"]
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    return subprocess.run(
+        [*cmd, *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_validate_reports_every_problem() -> None:
+    proc = _bertpress(
+        "validate", "-c", "configs/tiny.yaml", "--set", "distill.alpha=2", "--set", "nope.x=1"
+    )
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out
+    assert "config error" in out
+    assert "2 problem(s)" in out
+    assert "distill.alpha" in out
+    assert "nope: unknown key" in out
+
+
+def test_cli_validate_ok() -> None:
+    proc = _bertpress("validate", "-c", "configs/tiny.yaml", "--set", "distill.temperature=3")
+    assert proc.returncode == 0, proc.stderr
+    assert "temperature: 3.0" in proc.stdout
+    assert "is valid" in proc.stdout
+
+
+def test_cli_run_unknown_stage() -> None:
+    proc = _bertpress("run", "nosuchstage", "-c", "configs/tiny.yaml")
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out
+    assert "nosuchstage" in out
+    for name in ("all", *STAGE_NAMES):
+        assert name in out
+    assert STAGE_NAMES == ("data", "finetune", "distill", "export", "quantize", "benchmark")
