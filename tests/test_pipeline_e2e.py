@@ -1,0 +1,168 @@
+"""End to end through the real CLI on the tiny config: every stage's real outputs, a second run
+that is all cache hits, chained invalidation, and the MLflow runs read back through the client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.registry import STAGE_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+BERTPRESS = [sys.executable, "-m", "pipeline.cli"]
+
+
+def bertpress(*args: str, root: Path) -> subprocess.CompletedProcess:
+    cmd = [*BERTPRESS, *args, "--config", "configs/tiny.yaml",
+           "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
+           "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def status(root: Path, *extra: str) -> dict[str, dict]:
+    proc = bertpress("status", "--json", *extra, root=root)
+    return {row["stage"]: row for row in json.loads(proc.stdout)}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    assert {r["status"] for r in status(root).values()} == {"missing"}
+    bertpress("run", "all", root=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_status(tiny) -> dict[str, dict]:
+    return status(tiny)
+
+
+def artifact(first_status, stage: str) -> tuple[Path, dict]:
+    path = Path(first_status[stage]["path"])
+    return path, json.loads((path / "manifest.json").read_text())
+
+
+def test_every_stage_finished_with_a_manifest(first_status):
+    assert list(first_status) == list(STAGE_NAMES)
+    for stage, row in first_status.items():
+        assert row["status"] == "done", stage
+        path, manifest = artifact(first_status, stage)
+        assert manifest["key"] == row["key"] == path.name
+        assert manifest["versions"]["torch"].startswith("2.13")
+        assert manifest["mlflow_run_id"]
+    # Nothing half-written is left behind.
+    assert not list((Path(first_status["data"]["path"]).parents[1]).glob("*/.tmp-*"))
+
+
+def test_data_stage_outputs(first_status):
+    path, manifest = artifact(first_status, "data")
+    labels = json.loads((path / "labels.json").read_text())
+    assert sorted(labels["id2label"].values()) == ["negative", "neutral", "positive"]
+    assert (path / "tokenizer" / "tokenizer.json").is_file()
+    counts = manifest["info"]["class_counts"]
+    assert all(len(counts[s]) == 3 for s in ("train", "validation", "test"))
+
+
+@pytest.mark.parametrize("stage", ["finetune", "distill"])
+def test_training_stages_write_models_that_learned(first_status, stage):
+    path, manifest = artifact(first_status, stage)
+    config = json.loads((path / "model" / "config.json").read_text())
+    assert set(config["id2label"].values()) == {"negative", "neutral", "positive"}
+    assert (path / "model" / "model.safetensors").is_file()
+    # Synthetic data with clear cue words: well above the 1/3 chance level.
+    assert manifest["metrics"]["test/accuracy"] > 0.6
+    assert 0 <= manifest["metrics"]["test/macro_f1"] <= 1
+
+
+def test_student_keeps_the_configured_layers(first_status):
+    path, _ = artifact(first_status, "distill")
+    config = json.loads((path / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+
+
+def test_export_parity_and_fusions(first_status):
+    path, manifest = artifact(first_status, "export")
+    for role, layers in (("teacher", 4), ("student", 2)):
+        for variant in ("onnx", "fused"):
+            assert manifest["metrics"][f"{role}/{variant}_max_abs_diff"] < 1e-4
+        fused = manifest["info"]["fused_ops"][role]
+        assert fused["Attention"] == layers
+        assert fused["SkipLayerNormalization"] >= layers
+        ops = {n.op_type for n in onnx.load(str(path / role / "model_fused.onnx")).graph.node}
+        assert "Attention" in ops
+    # Dynamic batch and sequence axes: any shape runs.
+    session = ort.InferenceSession(str(path / "student" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 5), (3, 17)):
+        feed = {i.name: np.ones((batch, length), dtype=np.int64) for i in session.get_inputs()}
+        assert session.run(["logits"], feed)[0].shape == (batch, 3)
+
+
+def test_quantized_graph_has_integer_ops_and_is_smaller(first_status):
+    path, manifest = artifact(first_status, "quantize")
+    ops = {n.op_type for n in onnx.load(str(path / "student_int8" / "model.onnx")).graph.node}
+    assert {"MatMulInteger", "QAttention"} <= ops or "DynamicQuantizeMatMul" in ops
+    assert manifest["metrics"]["model/int8_size_mb"] < manifest["metrics"]["model/fp32_size_mb"]
+    assert manifest["metrics"]["val/int8_accuracy_drop"] <= 0.05
+
+
+def test_benchmark_report(first_status):
+    path, _ = artifact(first_status, "benchmark")
+    report = json.loads((path / "benchmark.json").read_text())
+    assert list(report["variants"]) == [
+        "teacher-pytorch", "teacher-onnx", "student-pytorch", "student-onnx", "student-int8"
+    ]
+    for r in report["variants"].values():
+        assert 0 <= r["accuracy"] <= 1 and r["size_mb"] > 0
+        assert r["latency_real"]["p50_ms"] <= r["latency_real"]["p99_ms"]
+        assert set(r["by_length"]) == {"16", "32"}
+        assert all(v["throughput_per_s"] > 0 for v in r["by_length"].values())
+    # The same predictions whatever the runtime: ONNX accuracy equals PyTorch accuracy.
+    v = report["variants"]
+    assert v["student-onnx"]["accuracy"] == pytest.approx(v["student-pytorch"]["accuracy"])
+    assert "| student-int8 |" in (path / "results.md").read_text()
+    assert (path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_run_is_all_cache_hits_and_mlflow_records_both(tiny, first_status):
+    bertpress("run", "all", root=tiny)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bertpress-tiny")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2
+    for parent, cached in zip(parents, ("false", "true"), strict=True):
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGE_NAMES)
+        assert {r.data.tags["cached"] for r in children} == {cached}
+        assert "config.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+        by_stage = {r.data.tags["stage"]: r for r in children}
+        assert by_stage["distill"].data.params["distill.temperature"] == "2.0"
+        assert by_stage["finetune"].data.metrics["test/accuracy"] > 0.6
+        assert "bench/student-int8/latency_p50_ms" in by_stage["benchmark"].data.metrics
+    first = {r.data.tags["stage"]: r for r in runs
+             if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    # Per-step train loss history, and the stage's own artifacts.
+    assert len(client.get_metric_history(first["finetune"].info.run_id, "train/loss")) >= 2
+    bench_files = {a.path for a in client.list_artifacts(first["benchmark"].info.run_id)}
+    assert {"benchmark.json", "results.md", "accuracy_vs_latency.png", "manifest.json"} <= bench_files
+
+
+def test_changing_one_setting_reruns_that_stage_and_later_only(tiny, first_status):
+    changed = status(tiny, "--set", "distill.temperature=4")
+    assert [s for s, r in changed.items() if r["status"] == "done"] == ["data", "finetune"]
+    assert all(changed[s]["status"] == "stale" for s in ("distill", "export", "quantize", "benchmark"))
+    bertpress("run", "distill", "--set", "distill.temperature=4", root=tiny)
+    after = status(tiny, "--set", "distill.temperature=4")
+    assert after["distill"]["status"] == "done"
+    assert after["export"]["status"] == "stale"  # only upstream of the target runs
+    assert after["finetune"]["key"] == first_status["finetune"]["key"]
