@@ -105,7 +105,8 @@ class ArtifactStore:
         base = self.stage_dir(stage)
         if not base.is_dir():
             return []
-        found = [p for p in base.iterdir() if p.is_dir() and (p / MANIFEST).is_file()]
+        found = [p for p in base.iterdir()
+                 if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
         found.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
         return [p.name for p in found]
 

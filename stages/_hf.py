@@ -156,7 +156,7 @@ def _encoder_layers(model: PreTrainedModel):
 def shrink_by_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     """A student that is the teacher with only the `keep` encoder layers (DistilBERT-style init)."""
     depth = teacher.config.num_hidden_layers
-    bad = [i for i in keep if i >= depth]
+    bad = [i for i in keep if not 0 <= i < depth]
     if bad:
         raise StageError(
             f"distill.student.keep_layers {bad} do not exist: the teacher has {depth} layers "

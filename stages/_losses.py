@@ -12,7 +12,7 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     The T^2 factor keeps the gradient scale independent of T (Hinton et al., 2015).
     """
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)  # teacher is fixed
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 

@@ -120,6 +120,9 @@ def _clean(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     before = len(frame)
     frame = frame.dropna(subset=[TEXT, LABEL]).copy()
     frame[TEXT] = frame[TEXT].astype(str).str.strip()
+    # A blank label cell makes pandas read integer labels as floats; restore 0.0 -> 0.
+    if frame[LABEL].dtype.kind == "f" and (frame[LABEL] % 1 == 0).all():
+        frame[LABEL] = frame[LABEL].astype(int)
     frame = frame[frame[TEXT] != ""]
     after_empty = len(frame)
     keys = [TEXT, PAIR] if PAIR in frame else [TEXT]
@@ -133,7 +136,8 @@ def _clean(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 def _label_names(frames: dict[str, pd.DataFrame], hub_names: list[str] | None) -> list[str]:
     if hub_names:
         return list(hub_names)
-    values = pd.concat([f[LABEL] for f in frames.values()]).unique().tolist()
+    # From train only: a label that appears only in validation/test is an error, not a new class.
+    values = frames["train"][LABEL].unique().tolist()
     # Sort ints numerically, strings alphabetically: a stable order for any labelling.
     return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
 
@@ -143,6 +147,18 @@ def _to_dataset(frame: pd.DataFrame, names: list[str]) -> Dataset:
     frame[LABEL] = frame[LABEL].map(lambda v: names.index(str(v)))
     ds = Dataset.from_pandas(frame, preserve_index=False)
     return ds.cast_column(LABEL, ClassLabel(names=names))
+
+
+def _carve(ds: Dataset, size: float, seed: int, stratify: str | None, name: str) -> tuple[Dataset, Dataset]:
+    try:
+        cut = ds.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify)
+    except ValueError as exc:
+        raise StageError(
+            f"cannot carve a stratified {name} split ({size:.0%} of {len(ds)} examples) with one "
+            f"example of every class: {exc}. Provide more data, a larger data.{name}_size, or a "
+            f"separate data.files.{name} file."
+        ) from None
+    return cut["train"], cut["test"]
 
 
 def _split(
@@ -159,14 +175,12 @@ def _split(
     if "test" in frames:
         parts["test"] = _to_dataset(frames["test"], names)
     else:
-        cut = train.train_test_split(test_size=cfg.test_size, seed=seed, stratify_by_column=stratify)
-        train, parts["test"] = cut["train"], cut["test"]
+        train, parts["test"] = _carve(train, cfg.test_size, seed, stratify, "test")
     if "validation" in frames:
         parts["validation"] = _to_dataset(frames["validation"], names)
     else:
         share = cfg.validation_size / (1 - (0 if "test" in frames else cfg.test_size))
-        cut = train.train_test_split(test_size=share, seed=seed, stratify_by_column=stratify)
-        train, parts["validation"] = cut["train"], cut["test"]
+        train, parts["validation"] = _carve(train, share, seed, stratify, "validation")
     result = DatasetDict(train=train, validation=parts["validation"], test=parts["test"])
     if cfg.max_train_samples and len(result["train"]) > cfg.max_train_samples:
         result["train"] = result["train"].shuffle(seed=seed).select(range(cfg.max_train_samples))

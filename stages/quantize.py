@@ -63,6 +63,7 @@ def run(ctx: StageContext) -> StageResult:
     }
     save_json(ctx.out / "quantize_report.json", report)
     ctx.tracker.log_artifact(ctx.out / "quantize_report.json")
+    ctx.tracker.log_artifact(target, artifact_path="student_int8")  # the model that ships
     ctx.log.info("validation accuracy fp32 %.4f -> int8 %.4f; size %.1f -> %.1f MB",
                  fp32["accuracy"], int8["accuracy"], report["size_mb"]["fp32"], report["size_mb"]["int8"])
     if drop > qcfg.max_accuracy_drop:

@@ -172,11 +172,6 @@ def test_tmp_dir_is_not_an_artifact(tmp_path: Path) -> None:
     assert store.garbage() == [tmp]
 
 
-@pytest.mark.xfail(
-    reason="BUG: ArtifactStore.finished_keys() lists any dir holding a manifest, including "
-    ".tmp-* (killed between writing the manifest and the rename) and .trash-* dirs",
-    strict=True,
-)
 def test_interrupted_commit_is_not_a_finished_key(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     tmp = store.begin("data", "k1")

@@ -166,3 +166,36 @@ def test_changing_one_setting_reruns_that_stage_and_later_only(tiny, first_statu
     assert after["distill"]["status"] == "done"
     assert after["export"]["status"] == "stale"  # only upstream of the target runs
     assert after["finetune"]["key"] == first_status["finetune"]["key"]
+
+
+def stage_runs(root: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bertpress-tiny")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    latest_parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest_parent.info.run_id]
+
+
+def test_force_reruns_only_the_named_stage(tiny, first_status):
+    bertpress("run", "quantize", "--force", root=tiny)
+    cached = {r.data.tags["stage"]: r.data.tags["cached"] for r in stage_runs(tiny)}
+    assert cached == {"data": "true", "finetune": "true", "distill": "true", "export": "true",
+                      "quantize": "false"}
+    assert status(tiny)["quantize"]["key"] == first_status["quantize"]["key"]
+
+
+def test_distill_into_a_given_smaller_model(tiny, first_status):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(first_status["data"]["path"]) / "tokenizer")
+    small = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=3))
+    small.save_pretrained(tiny / "small-student")
+    overrides = ("--set", f"distill.student.model={tiny / 'small-student'}",
+                 "--set", "distill.student.keep_layers=null")
+    bertpress("run", "distill", *overrides, root=tiny)
+    path = Path(status(tiny, *overrides)["distill"]["path"])
+    config = json.loads((path / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (16, 1)
+    assert set(config["id2label"].values()) == {"negative", "neutral", "positive"}
