@@ -17,7 +17,7 @@ ORT_OTHER := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
 STAMP := $(VENV)/.installed-$(ORT)
 BP := $(VENV)/bin/bertpress
 ARGS := --config $(CONFIG) $(foreach s,$(SET),--set $(s))
-STAGES := data finetune distill export quantize benchmark
+STAGES := data finetune distill baseline export quantize benchmark
 
 .PHONY: setup run all $(STAGES) status validate test test-slow lint ui clean lock
 

@@ -150,11 +150,50 @@ class StudentConfig(_Section):
         return self
 
 
+class IntermediateConfig(_Section):
+    """TinyBERT/MiniLM-style losses on the layers, added to the logit loss."""
+
+    hidden_weight: float = Field(0.0, ge=0, description="Weight of hidden-state MSE (0 = off).")
+    attention_weight: float = Field(0.0, ge=0, description="Weight of attention KL (0 = off).")
+    layer_map: list[tuple[int, int]] | None = Field(
+        None,
+        description="(student, teacher) hidden-state indices, 0 = embeddings. Default: the layers "
+        "a keep_layers student was copied from, else TinyBERT's uniform map.",
+    )
+
+    @model_validator(mode="after")
+    def _map(self) -> IntermediateConfig:
+        if self.layer_map is not None:
+            if not self.layer_map:
+                raise ValueError("distill.intermediate.layer_map must not be empty (or null for the default)")
+            if any(s < 0 or t < 0 for s, t in self.layer_map):
+                raise ValueError("distill.intermediate.layer_map indices must be >= 0")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+
+class VocabTrimConfig(_Section):
+    """Shrink the student's embedding matrix to the tokens the domain uses (after training)."""
+
+    enabled: bool = False
+    extra_texts: Path | None = Field(
+        None, description="More in-domain text (one per line) whose tokens are kept too."
+    )
+    keep_characters: bool = Field(
+        True, description="Keep every single-character piece so unseen words don't become [UNK]."
+    )
+
+
 class DistillConfig(TrainConfig):
     student: StudentConfig = Field(default_factory=lambda: StudentConfig(keep_layers=[0, 2, 4]))
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of hard-label CE; 1-alpha on KD.")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
+    intermediate: IntermediateConfig = Field(default_factory=IntermediateConfig)
+    trim_vocab: VocabTrimConfig = Field(default_factory=VocabTrimConfig)
 
 
 class ExportConfig(_Section):

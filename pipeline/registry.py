@@ -3,6 +3,7 @@ that `status`, `validate` and cache hits stay fast (torch and transformers take 
 
 from __future__ import annotations
 
+import ast
 import importlib
 from pathlib import Path
 
@@ -10,8 +11,29 @@ from pipeline.config import PipelineConfig
 from pipeline.stage import StageContext, StageResult, StageSpec
 
 STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
-# Helpers every stage may use; editing one invalidates every stage (they are part of its code).
-SHARED_CODE = tuple(sorted(STAGES_DIR.glob("_*.py")))
+
+
+def _helpers_imported_by(path: Path) -> set[str]:
+    """Names of the stages._* helper modules a file imports (anywhere in it, lazily too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages._"):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def code_files(stage: str) -> tuple[Path, ...]:
+    """The stage module and, transitively, the shared helpers it imports: its code version.
+    Editing a helper invalidates exactly the stages that use it."""
+    files: list[Path] = []
+    pending = [STAGES_DIR / f"{stage}.py"]
+    while pending:
+        path = pending.pop()
+        if path in files:
+            continue
+        files.append(path)
+        pending.extend(STAGES_DIR / f"{name}.py" for name in sorted(_helpers_imported_by(path)))
+    return (files[0], *sorted(files[1:]))
 
 
 def _lazy(module: str):
@@ -34,7 +56,7 @@ def _spec(name, upstream, sections, description, fingerprint=None) -> StageSpec:
         run=_lazy(name),
         upstream=upstream,
         config_sections=sections,
-        code_files=(STAGES_DIR / f"{name}.py", *SHARED_CODE),
+        code_files=code_files(name),
         description=description,
         fingerprint=fingerprint,
     )
@@ -50,11 +72,12 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     _spec("finetune", ("data",), ("project.seed", "teacher", "finetune"), "fine-tune the teacher"),
     _spec("distill", ("data", "finetune"), ("project.seed", "distill"), "distill the student"),
+    _spec("baseline", ("finetune",), (), "the teacher through Optimum's stock O2 + dynamic INT8"),
     _spec("export", ("data", "finetune", "distill"), ("export",), "export to ONNX, check, fuse"),
     _spec("quantize", ("data", "export"), ("quantize",), "dynamic INT8 of the fused student"),
     _spec(
         "benchmark",
-        ("data", "finetune", "distill", "export", "quantize"),
+        ("data", "finetune", "baseline", "distill", "export", "quantize"),
         ("benchmark",),
         "accuracy, latency, throughput and size of every variant",
     ),

@@ -28,3 +28,67 @@ def distillation_loss(
     hard = F.cross_entropy(student_logits, labels)
     soft = soft_target_kl(student_logits, teacher_logits, temperature)
     return alpha * hard + (1.0 - alpha) * soft
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """TinyBERT's uniform mapping over hidden-state indices (0 = embeddings):
+    student layer s learns from teacher layer s * teacher_layers / student_layers."""
+    if student_layers < 1 or teacher_layers < student_layers:
+        raise ValueError(f"cannot map {student_layers} student layers onto {teacher_layers} teacher layers")
+    step = teacher_layers / student_layers
+    return [(s, round(s * step)) for s in range(student_layers + 1)]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` (B, L, ...) over positions where mask (B, L) is 1."""
+    mask = mask.to(values.dtype)
+    while mask.dim() < values.dim():
+        mask = mask.unsqueeze(-1)
+    weight = mask.expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def hidden_state_mse(
+    student_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    teacher_hidden: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    layer_map: list[tuple[int, int]],
+    attention_mask: torch.Tensor,
+    projection: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Mean over mapped (student, teacher) pairs of the per-element MSE between the (projected)
+    student hidden states and the teacher's, counting only real (unpadded) tokens.
+
+    `projection` maps the student width onto the teacher's when they differ (TinyBERT's W_h)."""
+    losses = []
+    for s, t in layer_map:
+        hs = student_hidden[s]
+        if projection is not None:
+            hs = projection(hs)
+        diff = (hs - teacher_hidden[t].detach()) ** 2
+        losses.append(_masked_mean(diff, attention_mask))
+    return torch.stack(losses).mean()
+
+
+def attention_kl(
+    student_attentions: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    teacher_attentions: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    layer_map: list[tuple[int, int]],
+    attention_mask: torch.Tensor,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions (B, H, L, L) of mapped layers,
+    averaged over heads and real query positions (MiniLM's attention transfer). Layer indices here
+    are 1-based like hidden states (attention of layer i is attentions[i - 1]); pairs with index 0
+    (embeddings) are skipped. When head counts differ, distributions are averaged over heads first."""
+    losses = []
+    for s, t in layer_map:
+        if s == 0 or t == 0:
+            continue
+        a_s, a_t = student_attentions[s - 1], teacher_attentions[t - 1].detach()
+        if a_s.shape[1] != a_t.shape[1]:
+            a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+        kl = (a_t * (torch.log(a_t + eps) - torch.log(a_s + eps))).sum(-1)  # (B, H, L)
+        losses.append(_masked_mean(kl.transpose(1, 2), attention_mask))  # mask over queries
+    if not losses:
+        raise ValueError("attention_kl needs at least one mapped pair of encoder layers (index >= 1)")
+    return torch.stack(losses).mean()

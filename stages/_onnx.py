@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,15 +42,15 @@ def make_session(
 
 
 def padded_batches(
-    ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int
+    ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, max_length: int
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Yield (inputs padded to the longest in the batch as int64, labels)."""
-    columns = [c for c in MODEL_INPUTS if c in ds.column_names]
+    """Yield (inputs as int64, padded to the longest in the batch, labels), tokenizing the raw text
+    with the given model's own tokenizer (a vocabulary-trimmed student has different ids)."""
     for start in range(0, len(ds), batch_size):
         rows = ds[start : start + batch_size]
-        features = [{c: rows[c][i] for c in columns} for i in range(len(rows[columns[0]]))]
-        padded = tokenizer.pad(features, return_tensors="np")
-        yield {k: v.astype(np.int64) for k, v in padded.items()}, np.asarray(rows["label"])
+        enc = tokenizer(rows["text"], rows.get("text_pair"), padding=True, truncation=True,
+                        max_length=max_length, return_tensors="np")
+        yield {k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS}, np.asarray(rows["label"])
 
 
 def session_feed(session: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -56,16 +58,20 @@ def session_feed(session: ort.InferenceSession, batch: dict[str, np.ndarray]) ->
     return {k: v for k, v in batch.items() if k in names}
 
 
-def onnx_logits(session: ort.InferenceSession, ds: Dataset, tokenizer, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def onnx_logits(
+    session: ort.InferenceSession, ds: Dataset, tokenizer, max_length: int, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     logits, labels = [], []
-    for batch, y in padded_batches(ds, tokenizer, batch_size):
+    for batch, y in padded_batches(ds, tokenizer, batch_size, max_length):
         logits.append(session.run(["logits"], session_feed(session, batch))[0])
         labels.append(y)
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def score_onnx(path: Path, ds: Dataset, tokenizer, runtime: RuntimeConfig | None = None) -> dict[str, float]:
-    logits, labels = onnx_logits(make_session(path, runtime), ds, tokenizer)
+def score_onnx(
+    path: Path, ds: Dataset, tokenizer, max_length: int, runtime: RuntimeConfig | None = None
+) -> dict[str, float]:
+    logits, labels = onnx_logits(make_session(path, runtime), ds, tokenizer, max_length)
     return classification_metrics(logits, labels)
 
 
@@ -76,3 +82,22 @@ def op_counts(path: Path) -> dict[str, int]:
 
 def file_mb(path: Path) -> float:
     return Path(path).stat().st_size / 1e6
+
+
+def cpu_features() -> dict[str, object]:
+    """CPU model and the ISA features that decide INT8 speed (VNNI) and Optimum's quantization config."""
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {
+        "model": model, "cores": os.cpu_count(), "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
+        "amx": "amx_int8" in flags,
+    }

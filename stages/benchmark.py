@@ -8,7 +8,6 @@ Writes: benchmark.json, results.md (the table `make run` prints), accuracy_vs_la
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from stages._hf import (
     load_tokenized,
     save_json,
 )
-from stages._onnx import file_mb, make_session, padded_batches, session_feed
+from stages._onnx import cpu_features, file_mb, make_session, padded_batches, session_feed
 
 Batch = dict[str, np.ndarray]
 
@@ -38,6 +37,7 @@ class Variant:
     path: Path
     size_mb: float
     predict: Callable[[Batch], np.ndarray]
+    tokenizer_dir: Path  # each model is fed by its own tokenizer (a trimmed vocabulary differs)
 
 
 def pytorch_variant(name: str, model_dir: Path) -> Variant:
@@ -47,35 +47,18 @@ def pytorch_variant(name: str, model_dir: Path) -> Variant:
         with torch.inference_mode():
             return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
-    return Variant(name, "pytorch", model_dir, dir_size_mb(model_dir / "model.safetensors"), predict)
+    return Variant(name, "pytorch", model_dir, dir_size_mb(model_dir / "model.safetensors"), predict, model_dir)
 
 
-def onnx_variant(name: str, path: Path, ctx: StageContext) -> Variant:
+def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path | None = None) -> Variant:
     session = make_session(path, ctx.cfg.runtime)
 
     def predict(batch: Batch) -> np.ndarray:
         return session.run(["logits"], session_feed(session, batch))[0]
 
     provider = session.get_providers()[0].replace("ExecutionProvider", "")
-    return Variant(f"{name}", f"onnxruntime-{provider.lower()}", path, file_mb(path), predict)
-
-
-def cpu_info() -> dict[str, object]:
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {
-        "model": model, "cores": os.cpu_count(), "avx2": "avx2" in flags,
-        "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
-        "amx": "amx_int8" in flags,
-    }
+    return Variant(name, f"onnxruntime-{provider.lower()}", path, file_mb(path), predict,
+                   tokenizer_dir or path.parent)
 
 
 def time_calls(fn: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:
@@ -98,16 +81,17 @@ def latency_stats(ms: np.ndarray) -> dict[str, float]:
     return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"mean_ms": float(ms.mean())}
 
 
-def measure(variant: Variant, tokenizer, test, texts: list[str], bcfg, log) -> dict[str, object]:
+def measure(variant: Variant, test, texts: list[str], bcfg, max_length: int, log) -> dict[str, object]:
+    tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     logits, labels = [], []
-    for batch, y in padded_batches(test, tokenizer, batch_size=64):
+    for batch, y in padded_batches(test, tokenizer, 64, max_length):
         logits.append(variant.predict(batch))
         labels.append(y)
     result: dict[str, object] = classification_metrics(np.concatenate(logits), np.concatenate(labels))
     result |= {"runtime": variant.runtime, "size_mb": variant.size_mb, "path": str(variant.path)}
 
     # Batch-1 latency on real sentences, each at its own length (what a request really costs).
-    singles = [tokenizer([t], return_tensors="np") for t in texts]
+    singles = [tokenizer([t], truncation=True, max_length=max_length, return_tensors="np") for t in texts]
     singles = [{k: v.astype(np.int64) for k, v in s.items()} for s in singles]
     cursor = iter(range(10**9))
     real = time_calls(lambda: variant.predict(singles[next(cursor) % len(singles)]), bcfg.warmup, bcfg.iterations)
@@ -171,7 +155,6 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     data = ctx.input("data")
-    tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))
     test = load_tokenized(data)["test"]
     if bcfg.max_eval_samples and len(test) > bcfg.max_eval_samples:
         test = test.select(range(bcfg.max_eval_samples))
@@ -182,6 +165,8 @@ def run(ctx: StageContext) -> StageResult:
     if bcfg.include_pytorch:
         variants.append(lambda: pytorch_variant("teacher-pytorch", ctx.input("finetune").output("model")))
     variants.append(lambda: onnx_variant("teacher-onnx", export.output("teacher_best"), ctx))
+    variants.append(lambda: onnx_variant("teacher-stock-int8", ctx.input("baseline").output("stock_int8"),
+                                         ctx, ctx.input("finetune").output("model")))
     if bcfg.include_pytorch:
         variants.append(lambda: pytorch_variant("student-pytorch", ctx.input("distill").output("model")))
     variants.append(lambda: onnx_variant("student-onnx", export.output("student_best"), ctx))
@@ -190,12 +175,12 @@ def run(ctx: StageContext) -> StageResult:
     results: dict[str, dict] = {}
     for make in variants:
         variant = make()  # built one at a time so only one model is resident while timing
-        results[variant.name] = measure(variant, tokenizer, test, texts, bcfg, ctx.log)
+        results[variant.name] = measure(variant, test, texts, bcfg, cfg.data.max_length, ctx.log)
         del variant
 
     baseline = "teacher-pytorch" if "teacher-pytorch" in results else "teacher-onnx"
     report = {
-        "cpu": cpu_info(), "threads": cfg.runtime.threads or os.cpu_count(),
+        "cpu": cpu_features(), "threads": cfg.runtime.threads or os.cpu_count(),
         "test_examples": len(test), "baseline": baseline, "variants": results,
         "settings": bcfg.model_dump(),
     }

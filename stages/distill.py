@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, Trainer, set_seed
 
-from pipeline.stage import StageContext, StageResult
+from pipeline.config import DistillConfig, IntermediateConfig
+from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import (
     load_classifier,
     load_student_from,
@@ -19,7 +20,7 @@ from stages._hf import (
     save_json,
     shrink_by_layers,
 )
-from stages._losses import distillation_loss
+from stages._losses import attention_kl, distillation_loss, hidden_state_mse, uniform_layer_map
 from stages._train import (
     TrackerCallback,
     compute_metrics,
@@ -29,24 +30,75 @@ from stages._train import (
     train_and_evaluate,
     training_arguments,
 )
+from stages._vocab import trim_vocabulary, verify_trim
 
 
 class DistillationTrainer(Trainer):
-    """A Trainer whose only change is the loss: the teacher's logits enter through KL."""
+    """A Trainer whose change is the loss: the teacher's logits enter through KL, and optionally
+    its hidden states (MSE, through a learned projection when widths differ) and attention
+    distributions (KL) for the mapped layers."""
 
-    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float, **kwargs):
+    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float,
+                 intermediate: IntermediateConfig | None = None,
+                 layer_map: list[tuple[int, int]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()
         self.temperature = temperature
         self.alpha = alpha
+        self.intermediate = intermediate if intermediate and intermediate.enabled else None
+        self.layer_map = layer_map or []
+        self.projection = None
+        if self.intermediate:
+            if self.intermediate.attention_weight > 0:  # only eager attention returns probabilities
+                self.model.set_attn_implementation("eager")
+                self.teacher.set_attn_implementation("eager")
+            s_width, t_width = self.model.config.hidden_size, self.teacher.config.hidden_size
+            if self.intermediate.hidden_weight > 0 and s_width != t_width:
+                self.projection = torch.nn.Linear(s_width, t_width).to(self.args.device)
+
+    def create_optimizer(self):
+        optimizer = super().create_optimizer()
+        if self.projection is not None:  # trained with the student, not saved with it
+            optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(**inputs)
+        features = {k: v for k, v in inputs.items() if k != "labels"}
+        extra = {}
+        if self.intermediate and model.training:
+            extra = {"output_hidden_states": self.intermediate.hidden_weight > 0,
+                     "output_attentions": self.intermediate.attention_weight > 0}
+        outputs = model(**features, **extra)
         with torch.no_grad():
-            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.temperature, self.alpha)
+            teacher_out = self.teacher(**features, **extra)
+        loss = distillation_loss(outputs.logits, teacher_out.logits, labels, self.temperature, self.alpha)
+        mask = features["attention_mask"]
+        if extra.get("output_hidden_states"):
+            loss = loss + self.intermediate.hidden_weight * hidden_state_mse(
+                outputs.hidden_states, teacher_out.hidden_states, self.layer_map, mask, self.projection)
+        if extra.get("output_attentions"):
+            loss = loss + self.intermediate.attention_weight * attention_kl(
+                outputs.attentions, teacher_out.attentions, self.layer_map, mask)
         return (loss, outputs) if return_outputs else loss
+
+
+def default_layer_map(dcfg: DistillConfig, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """Explicit map, else each kept layer learns from the teacher layer it was copied from,
+    else TinyBERT's uniform map."""
+    if dcfg.intermediate.layer_map is not None:
+        pairs = [tuple(p) for p in dcfg.intermediate.layer_map]
+    elif dcfg.student.keep_layers is not None:
+        pairs = [(0, 0)] + [(i + 1, k + 1) for i, k in enumerate(dcfg.student.keep_layers)]
+    else:
+        pairs = uniform_layer_map(student_layers, teacher_layers)
+    bad = [(s, t) for s, t in pairs if s > student_layers or t > teacher_layers]
+    if bad:
+        raise StageError(
+            f"distill.intermediate.layer_map pairs {bad} are out of range: the student has hidden "
+            f"states 0..{student_layers} and the teacher 0..{teacher_layers} (0 = embeddings)"
+        )
+    return pairs
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -71,6 +123,8 @@ def run(ctx: StageContext) -> StageResult:
         teacher=teacher,
         temperature=dcfg.temperature,
         alpha=dcfg.alpha,
+        intermediate=dcfg.intermediate,
+        layer_map=default_layer_map(dcfg, student.config.num_hidden_layers, teacher.config.num_hidden_layers),
         args=training_arguments(dcfg, cfg.runtime, ctx.scratch, cfg.project.seed),
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
@@ -80,11 +134,41 @@ def run(ctx: StageContext) -> StageResult:
         callbacks=[TrackerCallback(ctx.tracker)],
     )
     metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"])
-    metrics |= save_model(trainer.model, tokenizer, ctx.out / "model")
+    trainer.model.set_attn_implementation("sdpa")  # the fast path for everything downstream
+    model = trainer.model
+    info: dict = {"student_layers": model.config.num_hidden_layers}
+    if dcfg.trim_vocab.enabled:
+        model, tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, model, tokenizer)
+        metrics |= trim_metrics
+    metrics |= save_model(model, tokenizer, ctx.out / "model")
     save_json(ctx.out / "metrics.json", metrics)
     ctx.log.info("student test accuracy %.4f, macro-F1 %.4f", metrics["test/accuracy"], metrics["test/macro_f1"])
-    return StageResult(
-        metrics=metrics,
-        outputs={"model": "model", "metrics": "metrics.json"},
-        info={"student_layers": student.config.num_hidden_layers},
-    )
+    return StageResult(metrics=metrics, outputs={"model": "model", "metrics": "metrics.json"}, info=info)
+
+
+def trim_student(ctx: StageContext, model, tokenizer):
+    """Vocabulary from the train and validation texts (+ extra in-domain text); the proof runs on
+    validation: same token pieces, same predictions. Test texts are left out so the benchmark shows
+    honestly what unseen words cost."""
+    import copy
+
+    tcfg, data = ctx.cfg.distill.trim_vocab, ctx.input("data")
+    splits = load_tokenized(data)
+    texts = list(splits["train"]["text"]) + list(splits["validation"]["text"])
+    if "text_pair" in splits["train"].column_names:
+        texts += list(splits["train"]["text_pair"]) + list(splits["validation"]["text_pair"])
+    if tcfg.extra_texts is not None:
+        if not tcfg.extra_texts.is_file():
+            raise StageError(f"distill.trim_vocab.extra_texts: {tcfg.extra_texts} does not exist")
+        texts += [line.strip() for line in tcfg.extra_texts.read_text().splitlines() if line.strip()]
+    original = copy.deepcopy(model).cpu()
+    result = trim_vocabulary(model.cpu(), tokenizer, texts, tcfg.keep_characters)
+    proof = verify_trim(original, tokenizer, result, list(splits["validation"]["text"]),
+                        ctx.cfg.data.max_length)
+    ctx.log.info("vocabulary %d -> %d tokens; validation check %s",
+                 result.original_size, len(result.kept_ids), proof)
+    if proof["argmax_changes"] or proof["sequences_with_different_ids"] or proof["max_abs_logit_diff"] > 1e-4:
+        raise StageError(f"vocabulary trimming changed validation predictions: {proof}")
+    metrics = {"vocab/original_size": float(result.original_size), "vocab/trimmed_size": float(len(result.kept_ids)),
+               "vocab/validation_max_logit_diff": proof["max_abs_logit_diff"]}
+    return result.model, result.tokenizer, metrics, proof | {"kept": len(result.kept_ids)}

@@ -56,12 +56,13 @@ def fuse(onnx_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> d
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
 
 
-def parity(model_dir: Path, onnx_path: Path, ds, tokenizer, runtime) -> dict[str, float]:
+def parity(model_dir: Path, onnx_path: Path, ds, max_length: int, runtime) -> dict[str, float]:
     """Max |logit difference| and argmax disagreements, ONNX vs PyTorch, on real inputs."""
     model = load_classifier(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     session = make_session(onnx_path, runtime, provider_list=["CPUExecutionProvider"])
     max_diff, flips, n = 0.0, 0, 0
-    for batch, _ in padded_batches(ds, tokenizer, batch_size=16):
+    for batch, _ in padded_batches(ds, tokenizer, 16, max_length):
         with torch.no_grad():
             expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
         got = session.run(["logits"], session_feed(session, batch))[0]
@@ -74,7 +75,6 @@ def parity(model_dir: Path, onnx_path: Path, ds, tokenizer, runtime) -> dict[str
 def run(ctx: StageContext) -> StageResult:
     cfg, ecfg = ctx.cfg, ctx.cfg.export
     data = ctx.input("data")
-    tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))
     validation = load_tokenized(data)["validation"]
     sample = validation.select(range(min(ecfg.parity_samples, len(validation))))
 
@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
             checks["fused"] = fused_path
             outputs[f"{role}_fused"] = f"{role}/model_fused.onnx"
         for variant, path in checks.items():
-            result = parity(model_dir, path, sample, tokenizer, cfg.runtime)
+            result = parity(model_dir, path, sample, cfg.data.max_length, cfg.runtime)
             info["parity"][f"{role}_{variant}"] = result
             metrics[f"{role}/{variant}_max_abs_diff"] = result["max_abs_diff"]
             metrics[f"{role}/{variant}_size_mb"] = file_mb(path)

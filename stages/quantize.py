@@ -51,10 +51,10 @@ def run(ctx: StageContext) -> StageResult:
         raise StageError(f"quantization produced no integer operators in {target}: {ops}")
 
     data = ctx.input("data")
-    tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(export.output("student_dir"))
     validation = load_tokenized(data)["validation"]
-    fp32 = score_onnx(source, validation, tokenizer, cfg.runtime)
-    int8 = score_onnx(target, validation, tokenizer, cfg.runtime)
+    fp32 = score_onnx(source, validation, tokenizer, cfg.data.max_length, cfg.runtime)
+    int8 = score_onnx(target, validation, tokenizer, cfg.data.max_length, cfg.runtime)
     drop = fp32["accuracy"] - int8["accuracy"]
     report = {
         "source": str(source), "fp32": fp32, "int8": int8, "accuracy_drop": drop,

@@ -97,11 +97,12 @@ def test_code_version_tracks_file_content(tmp_path: Path) -> None:
     assert code_version(spec()) != v1
 
 
-def test_every_stage_hashes_its_own_file_and_shared_helpers() -> None:
+def test_every_stage_hashes_its_own_file_and_the_helpers_it_uses() -> None:
     for spec in STAGES:
         names = [p.name for p in spec.code_files]
-        assert f"{spec.name}.py" in names
-        assert "_losses.py" in names and "_hf.py" in names
+        assert names[0] == f"{spec.name}.py"
+        assert "_hf.py" in names  # every stage uses the shared HF helpers
+        assert ("_losses.py" in names) == (spec.name == "distill")
         assert all(p.is_file() for p in spec.code_files)
 
 
@@ -297,7 +298,8 @@ def test_plan_chained_invalidation(load_tiny) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("finetune.learning_rate=2.0e-3", {"finetune", "distill", "export", "quantize", "benchmark"}),
+        ("finetune.learning_rate=2.0e-3",
+         {"finetune", "baseline", "distill", "export", "quantize", "benchmark"}),
         ("data.max_length=16", set(STAGE_NAMES)),
         ("project.seed=1", set(STAGE_NAMES)),
         ("export.opset=18", {"export", "quantize", "benchmark"}),
@@ -353,3 +355,12 @@ def test_plan_done_and_stale(load_tiny) -> None:
     assert other["data"].status == "stale"
     assert other["data"].stale_keys == [data_key]
     assert other["data"].key != data_key
+
+
+def test_code_version_covers_only_the_helpers_a_stage_imports():
+    from pipeline.registry import code_files
+
+    names = {stage: {p.name for p in code_files(stage)} for stage in ("data", "finetune", "export")}
+    assert names["data"] == {"data.py", "_hf.py", "_sources.py"}
+    assert "_train.py" in names["finetune"] and "_onnx.py" not in names["finetune"]
+    assert "_onnx.py" in names["export"] and "_train.py" not in names["export"]

@@ -392,4 +392,4 @@ def test_cli_run_unknown_stage() -> None:
     assert "nosuchstage" in out
     for name in ("all", *STAGE_NAMES):
         assert name in out
-    assert STAGE_NAMES == ("data", "finetune", "distill", "export", "quantize", "benchmark")
+    assert STAGE_NAMES == ("data", "finetune", "distill", "baseline", "export", "quantize", "benchmark")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,62 @@ def test_gradient_flows_to_student_only() -> None:
     distillation_loss(s, te, torch.tensor(LABELS), 2.0, 0.5).backward()
     assert s.grad is not None and s.grad.abs().sum().item() > 0
     assert te.grad is None or te.grad.abs().sum().item() == 0.0
+
+
+# --- intermediate-layer losses (TinyBERT / MiniLM) ------------------------------------------
+from stages._losses import attention_kl, hidden_state_mse, uniform_layer_map  # noqa: E402
+
+
+def test_uniform_layer_map_matches_tinybert():
+    assert uniform_layer_map(3, 6) == [(0, 0), (1, 2), (2, 4), (3, 6)]
+    assert uniform_layer_map(4, 12) == [(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]
+    with pytest.raises(ValueError):
+        uniform_layer_map(4, 2)
+
+
+def test_hidden_mse_closed_form_and_mask():
+    teacher = [torch.zeros(1, 3, 2), torch.zeros(1, 3, 2)]
+    student = [torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [2.0, 2.0], [9.0, 9.0]]])]
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding: its error must not count
+    # Pair (1, 1): squared errors 1,1,4,4 over 4 real elements -> 2.5; pair (0, 0) -> 0. Mean 1.25.
+    got = hidden_state_mse(student, teacher, [(0, 0), (1, 1)], mask)
+    assert got.item() == pytest.approx(1.25)
+    assert hidden_state_mse(teacher, teacher, [(1, 1)], mask).item() == 0.0
+
+
+def test_hidden_mse_projection_bridges_widths():
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(2, 4, bias=False)
+    student = [torch.randn(2, 3, 2)]
+    teacher = [proj(student[0]).detach()]  # the teacher is exactly the projected student
+    assert hidden_state_mse(student, teacher, [(0, 0)], torch.ones(2, 3), proj).item() == pytest.approx(0, abs=1e-12)
+    with pytest.raises(RuntimeError):
+        hidden_state_mse(student, teacher, [(0, 0)], torch.ones(2, 3))  # widths differ, no projection
+
+
+def test_attention_kl_closed_form():
+    length = 4
+    uniform = torch.full((1, 1, length, length), 1 / length)
+    one_hot = torch.zeros(1, 1, length, length)
+    one_hot[..., 0] = 1.0
+    mask = torch.ones(1, length)
+    # KL(one-hot || uniform) = log(L); KL(p || p) = 0; skipped embedding pairs do not count.
+    assert attention_kl([uniform], [one_hot], [(0, 0), (1, 1)], mask).item() == pytest.approx(math.log(length), rel=1e-5)
+    assert attention_kl([uniform], [uniform], [(1, 1)], mask).item() == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError):
+        attention_kl([uniform], [uniform], [(0, 0)], mask)
+
+
+def test_attention_kl_averages_heads_when_counts_differ():
+    torch.manual_seed(0)
+    teacher = torch.softmax(torch.randn(2, 4, 3, 3), -1)
+    student = teacher.mean(1, keepdim=True).expand(2, 2, 3, 3)  # 2 heads that equal the teacher mean
+    got = attention_kl([student], [teacher], [(1, 1)], torch.ones(2, 3))
+    assert got.item() == pytest.approx(0, abs=1e-6)
+
+
+def test_intermediate_losses_do_not_train_the_teacher():
+    teacher_h = torch.randn(1, 2, 3, requires_grad=True)
+    student_h = torch.randn(1, 2, 3, requires_grad=True)
+    hidden_state_mse([student_h], [teacher_h], [(0, 0)], torch.ones(1, 2)).backward()
+    assert teacher_h.grad is None and student_h.grad is not None
