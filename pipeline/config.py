@@ -187,6 +187,29 @@ class VocabTrimConfig(_Section):
     )
 
 
+class SearchConfig(_Section):
+    """A small Optuna search over temperature, alpha and learning rate before the final
+    distillation; each trial is a nested MLflow run and the best trial's values are used."""
+
+    enabled: bool = False
+    trials: int = Field(6, ge=1)
+    temperature: tuple[float, float] = (1.0, 8.0)
+    alpha: tuple[float, float] = (0.0, 0.9)
+    learning_rate: tuple[float, float] = Field((2e-5, 3e-4), description="Searched on a log scale.")
+    epochs: float = Field(1.0, gt=0, description="Training epochs per trial.")
+    max_train_samples: int | None = Field(None, ge=8, description="Train subset per trial.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SearchConfig:
+        for name in ("temperature", "alpha", "learning_rate"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"distill.search.{name} must be [low, high] with 0 <= low <= high")
+        if self.alpha[1] > 1 or self.learning_rate[0] <= 0 or self.temperature[0] <= 0:
+            raise ValueError("distill.search: alpha within [0, 1], learning_rate and temperature > 0")
+        return self
+
+
 class DistillConfig(TrainConfig):
     student: StudentConfig = Field(default_factory=lambda: StudentConfig(keep_layers=[0, 2, 4]))
     temperature: float = Field(2.0, gt=0)
@@ -194,6 +217,7 @@ class DistillConfig(TrainConfig):
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     intermediate: IntermediateConfig = Field(default_factory=IntermediateConfig)
     trim_vocab: VocabTrimConfig = Field(default_factory=VocabTrimConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 class ExportConfig(_Section):
@@ -203,12 +227,90 @@ class ExportConfig(_Section):
     optimize: bool = Field(True, description="Apply ORT transformer fusions.")
 
 
-class QuantizeConfig(_Section):
-    per_channel: bool = False
-    reduce_range: bool = False
-    max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1, description="Fail if INT8 validation accuracy drops more than this."
+class QuantCandidate(_Section):
+    """One INT8 recipe to try. Static recipes calibrate activation ranges on training texts."""
+
+    method: Literal["dynamic", "static"] = "dynamic"
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="Static only: how activation ranges are chosen."
     )
+    per_channel: bool = False
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
+    graph: Literal["auto", "fused", "unfused"] = Field(
+        "auto",
+        description="auto: dynamic on the fused graph (QAttention), static on the unfused export "
+        "(onnxruntime's QDQ quantizer cannot quantize the fused Attention op).",
+    )
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        if self.method == "static":
+            parts.append(self.calibration)
+        if self.per_channel:
+            parts.append("per-channel")
+        if self.reduce_range:
+            parts.append("reduce-range")
+        if self.graph != "auto":
+            parts.append(self.graph)
+        return "-".join(parts)
+
+    @property
+    def source_graph(self) -> str:
+        if self.graph != "auto":
+            return self.graph
+        return "fused" if self.method == "dynamic" else "unfused"
+
+
+class QuantizeConfig(_Section):
+    candidates: list[QuantCandidate] = Field(
+        default_factory=lambda: [QuantCandidate()],
+        description="Recipes to try; the fastest one within max_accuracy_drop is kept.",
+    )
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="Largest validation accuracy drop vs fp32 allowed."
+    )
+    calibration_samples: int = Field(128, ge=8, le=20000, description="Train texts for static calibration.")
+    calibration_batch_size: int = Field(8, ge=1)
+    percentile: float = Field(99.999, gt=90, lt=100, description="For percentile calibration.")
+    selection_iterations: int = Field(50, ge=5, description="Batch-1 timings per candidate.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> QuantizeConfig:
+        names = [c.name for c in self.candidates]
+        if not names:
+            raise ValueError("quantize.candidates must list at least one recipe")
+        if len(set(names)) != len(names):
+            raise ValueError(f"quantize.candidates has duplicates: {[c.name for c in self.candidates]}")
+        return self
+
+
+VARIANTS = ("teacher-pytorch", "teacher-onnx", "teacher-stock-int8", "student-pytorch",
+            "student-onnx", "student-int8")
+Variant = Literal["teacher-pytorch", "teacher-onnx", "teacher-stock-int8", "student-pytorch",
+                  "student-onnx", "student-int8"]
+
+
+class SweepConfig(_Section):
+    """Latency/throughput over batch size x sequence length x threads (padded inputs)."""
+
+    enabled: bool = True
+    variants: list[Variant] = Field(
+        default_factory=lambda: ["teacher-stock-int8", "student-onnx", "student-int8"]
+    )
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32, 128])
+    seq_lengths: list[int] = Field(default_factory=lambda: [16, 64, 128, 256])
+    threads: list[int] = Field(default_factory=lambda: [1, 0], description="0 = all cores.")
+    warmup: int = Field(1, ge=0)
+    iterations: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SweepConfig:
+        if any(not 1 <= s <= 512 for s in self.seq_lengths) or any(b < 1 for b in self.batch_sizes):
+            raise ValueError("benchmark.sweep: seq_lengths must be in 1..512 and batch_sizes >= 1")
+        if any(t < 0 for t in self.threads):
+            raise ValueError("benchmark.sweep.threads must be >= 0 (0 = all cores)")
+        return self
 
 
 class BenchmarkConfig(_Section):
@@ -220,11 +322,15 @@ class BenchmarkConfig(_Section):
     throughput_iterations: int = Field(5, ge=1)
     max_eval_samples: int | None = Field(None, ge=1, description="Cap on test examples scored.")
     include_pytorch: bool = Field(True, description="Also time the PyTorch models.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _lengths(self) -> BenchmarkConfig:
         if not self.seq_lengths or any(not 1 <= s <= 512 for s in self.seq_lengths):
             raise ValueError("benchmark.seq_lengths must be a non-empty list of lengths in 1..512")
+        pytorch = [v for v in self.sweep.variants if v.endswith("pytorch")]
+        if pytorch and not self.include_pytorch:
+            raise ValueError(f"benchmark.sweep.variants {pytorch} need benchmark.include_pytorch: true")
         return self
 
 

@@ -74,6 +74,13 @@ class Tracker:
             self.log_params(params)
             yield run.info.run_id
 
+    @contextmanager
+    def child_run(self, name: str, params: Mapping[str, Any]) -> Iterator[str]:
+        """A run nested under the active one (e.g. a search trial under its stage run)."""
+        with self._mlflow.start_run(run_name=name, nested=True, tags={"trial": name}) as run:
+            self.log_params(params)
+            yield run.info.run_id
+
     # -- logging --------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,18 @@ def cpu_features() -> dict[str, object]:
         "avx512": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
         "amx": "amx_int8" in flags,
     }
+
+
+def time_calls(fn: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = np.empty(iterations)
+    for i in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - start
+    return times * 1000.0  # ms
+
+
+def latency_stats(ms: np.ndarray) -> dict[str, float]:
+    return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"mean_ms": float(ms.mean())}

@@ -8,12 +8,12 @@ Writes: benchmark.json, results.md (the table `make run` prints), accuracy_vs_la
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from transformers import AutoTokenizer
 
@@ -25,7 +25,15 @@ from stages._hf import (
     load_tokenized,
     save_json,
 )
-from stages._onnx import cpu_features, file_mb, make_session, padded_batches, session_feed
+from stages._onnx import (
+    cpu_features,
+    file_mb,
+    latency_stats,
+    make_session,
+    padded_batches,
+    session_feed,
+    time_calls,
+)
 
 Batch = dict[str, np.ndarray]
 
@@ -40,18 +48,21 @@ class Variant:
     tokenizer_dir: Path  # each model is fed by its own tokenizer (a trimmed vocabulary differs)
 
 
-def pytorch_variant(name: str, model_dir: Path) -> Variant:
+def pytorch_variant(name: str, model_dir: Path, threads: int | None = None) -> Variant:
     model = load_classifier(model_dir).eval()
 
     def predict(batch: Batch) -> np.ndarray:
+        if threads:
+            torch.set_num_threads(threads)
         with torch.inference_mode():
             return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
 
     return Variant(name, "pytorch", model_dir, dir_size_mb(model_dir / "model.safetensors"), predict, model_dir)
 
 
-def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path | None = None) -> Variant:
-    session = make_session(path, ctx.cfg.runtime)
+def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path | None = None,
+                 threads: int | None = None) -> Variant:
+    session = make_session(path, ctx.cfg.runtime, threads=threads)
 
     def predict(batch: Batch) -> np.ndarray:
         return session.run(["logits"], session_feed(session, batch))[0]
@@ -61,24 +72,9 @@ def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path |
                    tokenizer_dir or path.parent)
 
 
-def time_calls(fn: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times = np.empty(iterations)
-    for i in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    return times * 1000.0  # ms
-
-
 def fixed_length_batch(tokenizer, texts: list[str], length: int) -> Batch:
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
     return {k: v.astype(np.int64) for k, v in enc.items()}
-
-
-def latency_stats(ms: np.ndarray) -> dict[str, float]:
-    return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"mean_ms": float(ms.mean())}
 
 
 def measure(variant: Variant, test, texts: list[str], bcfg, max_length: int, log) -> dict[str, object]:
@@ -129,7 +125,7 @@ def markdown_table(results: dict[str, dict], bcfg, baseline: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
+def plot(results: dict[str, dict], path: Path, front: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,6 +136,9 @@ def plot(results: dict[str, dict], path: Path) -> None:
         x, y = r["latency_real"]["p50_ms"], r["accuracy"]
         ax.scatter(x, y, s=30 + 4 * r["size_mb"], alpha=0.7)
         ax.annotate(f"{name} ({r['size_mb']:.0f} MB)", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    frontier = [(results[n]["latency_real"]["p50_ms"], results[n]["accuracy"]) for n in front]
+    ax.step(*zip(*frontier, strict=True), where="post", color="grey", linestyle="--", label="Pareto front")
+    ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 p50 latency on real test sentences (ms, log scale)")
     ax.set_ylabel("test accuracy")
@@ -148,6 +147,80 @@ def plot(results: dict[str, dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def sweep(make: Callable[[int | None], Variant], scfg, texts: list[str], log) -> dict[str, dict]:
+    """p50 latency and throughput for every threads x batch size x length (padded inputs)."""
+    out: dict[str, dict] = {}
+    for threads in scfg.threads:
+        n = threads or os.cpu_count()
+        variant = make(n)
+        tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
+        for bs in scfg.batch_sizes:
+            for length in scfg.seq_lengths:
+                batch = fixed_length_batch(tokenizer, (texts * bs)[:bs], length)
+                ms = time_calls(lambda b=batch, f=variant.predict: f(b), scfg.warmup, scfg.iterations)
+                p50 = float(np.percentile(ms, 50))
+                out[f"t{n}/bs{bs}/len{length}"] = {"threads": n, "batch_size": bs, "seq_length": length,
+                                                   "p50_ms": p50, "throughput_per_s": bs / (p50 / 1000)}
+        log.info("sweep %-20s threads=%d done", variant.name, n)
+        del variant
+    return out
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points no other point beats on both latency (lower) and accuracy (higher)."""
+    front, best = [], -1.0
+    for name, (_latency, accuracy) in sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1])):
+        if accuracy > best:
+            front.append(name)
+            best = accuracy
+    return front
+
+
+def plot_length(sweeps: dict[str, dict], results: dict[str, dict], path: Path, threads: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in results.items():
+        if name in sweeps:
+            pts = sorted((v["seq_length"], v["p50_ms"]) for v in sweeps[name].values()
+                         if v["batch_size"] == 1 and v["threads"] == threads)
+        else:
+            pts = sorted((int(n), v["p50_ms"]) for n, v in r["by_length"].items())
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set_xlabel("sequence length (tokens, padded)")
+    ax.set_ylabel("batch-1 p50 latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"latency vs sequence length ({threads} threads)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep_markdown(sweeps: dict[str, dict]) -> str:
+    lines = []
+    for name, cells in sweeps.items():
+        lengths = sorted({c["seq_length"] for c in cells.values()})
+        lines += [f"\n### {name}: p50 ms (throughput/s) by batch size and length\n",
+                  "| threads | batch | " + " | ".join(f"len {n}" for n in lengths) + " |",
+                  "|---|---|" + "---|" * len(lengths)]
+        for threads in sorted({c["threads"] for c in cells.values()}):
+            for bs in sorted({c["batch_size"] for c in cells.values()}):
+                row = [cells[f"t{threads}/bs{bs}/len{n}"] for n in lengths]
+                lines.append(f"| {threads} | {bs} | " + " | ".join(
+                    f"{c['p50_ms']:.2f} ({c['throughput_per_s']:.0f})" for c in row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -161,36 +234,51 @@ def run(ctx: StageContext) -> StageResult:
     texts = list(test["text"][: max(bcfg.iterations, bcfg.throughput_batch_size)])
 
     export, quantize = ctx.input("export"), ctx.input("quantize")
-    variants: list[Callable[[], Variant]] = []
-    if bcfg.include_pytorch:
-        variants.append(lambda: pytorch_variant("teacher-pytorch", ctx.input("finetune").output("model")))
-    variants.append(lambda: onnx_variant("teacher-onnx", export.output("teacher_best"), ctx))
-    variants.append(lambda: onnx_variant("teacher-stock-int8", ctx.input("baseline").output("stock_int8"),
-                                         ctx, ctx.input("finetune").output("model")))
-    if bcfg.include_pytorch:
-        variants.append(lambda: pytorch_variant("student-pytorch", ctx.input("distill").output("model")))
-    variants.append(lambda: onnx_variant("student-onnx", export.output("student_best"), ctx))
-    variants.append(lambda: onnx_variant("student-int8", quantize.output("student_int8"), ctx))
+    teacher_dir = ctx.input("finetune").output("model")
+    builders: dict[str, Callable[[int | None], Variant]] = {
+        "teacher-pytorch": lambda t: pytorch_variant("teacher-pytorch", teacher_dir, t),
+        "teacher-onnx": lambda t: onnx_variant("teacher-onnx", export.output("teacher_best"), ctx, threads=t),
+        "teacher-stock-int8": lambda t: onnx_variant(
+            "teacher-stock-int8", ctx.input("baseline").output("stock_int8"), ctx, teacher_dir, t),
+        "student-pytorch": lambda t: pytorch_variant("student-pytorch", ctx.input("distill").output("model"), t),
+        "student-onnx": lambda t: onnx_variant("student-onnx", export.output("student_best"), ctx, threads=t),
+        "student-int8": lambda t: onnx_variant("student-int8", quantize.output("student_int8"), ctx, threads=t),
+    }
+    if not bcfg.include_pytorch:
+        builders = {n: b for n, b in builders.items() if not n.endswith("pytorch")}
 
     results: dict[str, dict] = {}
-    for make in variants:
-        variant = make()  # built one at a time so only one model is resident while timing
-        results[variant.name] = measure(variant, test, texts, bcfg, cfg.data.max_length, ctx.log)
+    for name, make in builders.items():
+        before = rss_mb()
+        variant = make(None)  # built one at a time so only one model is resident while timing
+        results[name] = measure(variant, test, texts, bcfg, cfg.data.max_length, ctx.log)
+        results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
         del variant
+    sweeps: dict[str, dict] = {}
+    if bcfg.sweep.enabled:
+        for name in bcfg.sweep.variants:
+            sweeps[name] = sweep(builders[name], bcfg.sweep, texts, ctx.log)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
 
     baseline = "teacher-pytorch" if "teacher-pytorch" in results else "teacher-onnx"
     report = {
         "cpu": cpu_features(), "threads": cfg.runtime.threads or os.cpu_count(),
         "test_examples": len(test), "baseline": baseline, "variants": results,
-        "settings": bcfg.model_dump(),
+        "pareto_front": pareto_front({n: (r["latency_real"]["p50_ms"], r["accuracy"]) for n, r in results.items()}),
+        "sweep": sweeps, "settings": bcfg.model_dump(),
     }
     save_json(ctx.out / "benchmark.json", report)
     table = markdown_table(results, bcfg, baseline)
     header = (f"Test set: {len(test)} examples. CPU: {report['cpu']['model']} "
               f"({report['threads']} threads, AVX512-VNNI: {report['cpu']['avx512_vnni']}).\n\n")
-    (ctx.out / "results.md").write_text(header + table)
-    plot(results, ctx.out / "accuracy_vs_latency.png")
-    for name in ("benchmark.json", "results.md", "accuracy_vs_latency.png"):
+    isa = ", ".join(f"{k}: {v}" for k, v in report["cpu"].items() if k not in ("model", "cores"))
+    pareto = f"\nPareto front (accuracy vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
+    extra = f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
+    (ctx.out / "results.md").write_text(header + table + pareto + f"\nCPU features: {isa}.\n" + extra)
+    plot(results, ctx.out / "accuracy_vs_latency.png", report["pareto_front"])
+    plot_length(sweeps, results, ctx.out / "latency_vs_length.png", report["threads"])
+    for name in ("benchmark.json", "results.md", "accuracy_vs_latency.png", "latency_vs_length.png"):
         ctx.tracker.log_artifact(ctx.out / name)
 
     metrics: dict[str, float] = {}
@@ -199,10 +287,15 @@ def run(ctx: StageContext) -> StageResult:
         metrics[f"bench/{name}/size_mb"] = r["size_mb"]
         metrics[f"bench/{name}/latency_p50_ms"] = r["latency_real"]["p50_ms"]
         metrics[f"bench/{name}/latency_p99_ms"] = r["latency_real"]["p99_ms"]
+        metrics[f"bench/{name}/memory_mb"] = r["memory_mb"]
         for length, stats in r["by_length"].items():
             metrics[f"bench/{name}/latency_p50_ms_len{length}"] = stats["p50_ms"]
             metrics[f"bench/{name}/throughput_per_s_len{length}"] = stats["throughput_per_s"]
+    for name, cells in sweeps.items():
+        for cell, v in cells.items():
+            metrics[f"sweep/{name}/{cell}/p50_ms"] = v["p50_ms"]
     return StageResult(
         metrics=metrics,
-        outputs={"report": "benchmark.json", "table": "results.md", "plot": "accuracy_vs_latency.png"},
+        outputs={"report": "benchmark.json", "table": "results.md", "plot": "accuracy_vs_latency.png",
+                 "length_plot": "latency_vs_length.png"},
     )

@@ -101,6 +101,74 @@ def default_layer_map(dcfg: DistillConfig, student_layers: int, teacher_layers: 
     return pairs
 
 
+def make_student(dcfg: DistillConfig, teacher, data, tokenizer):
+    if dcfg.student.keep_layers is not None:
+        return shrink_by_layers(teacher, dcfg.student.keep_layers)
+    return load_student_from(dcfg.student.model, data, tokenizer)
+
+
+def build_trainer(ctx: StageContext, dcfg: DistillConfig, teacher, student, tokenizer, train, validation,
+                  scratch):
+    return DistillationTrainer(
+        model=student,
+        teacher=teacher,
+        temperature=dcfg.temperature,
+        alpha=dcfg.alpha,
+        intermediate=dcfg.intermediate,
+        layer_map=default_layer_map(dcfg, student.config.num_hidden_layers, teacher.config.num_hidden_layers),
+        args=training_arguments(dcfg, ctx.cfg.runtime, scratch, ctx.cfg.project.seed),
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=make_collator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=[TrackerCallback(ctx.tracker)],
+    )
+
+
+def search(ctx: StageContext, teacher, data, tokenizer, splits) -> tuple[DistillConfig, list[dict]]:
+    """Optuna TPE over temperature, alpha and learning rate; objective = validation accuracy."""
+    import shutil
+
+    import optuna
+
+    dcfg, scfg = ctx.cfg.distill, ctx.cfg.distill.search
+    train = splits["train"]
+    if scfg.max_train_samples and len(train) > scfg.max_train_samples:
+        train = train.shuffle(seed=ctx.cfg.project.seed).select(range(scfg.max_train_samples))
+    trials: list[dict] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {
+            "temperature": trial.suggest_float("temperature", *scfg.temperature),
+            "alpha": trial.suggest_float("alpha", *scfg.alpha),
+            "learning_rate": trial.suggest_float("learning_rate", *scfg.learning_rate, log=True),
+        }
+        trial_cfg = dcfg.model_copy(update=values | {"epochs": scfg.epochs, "max_steps": -1})
+        scratch = ctx.scratch / f"trial-{trial.number}"
+        shutil.rmtree(scratch, ignore_errors=True)  # trials are cheap to redo; never resume one
+        with ctx.tracker.child_run(f"trial-{trial.number}", values):
+            set_seed(ctx.cfg.project.seed)
+            student = make_student(trial_cfg, teacher, data, tokenizer)
+            trainer = build_trainer(ctx, trial_cfg, teacher, student, tokenizer, train,
+                                    splits["validation"], scratch)
+            trainer.train()
+            accuracy = trainer.evaluate(metric_key_prefix="eval")["eval_accuracy"]
+            ctx.tracker.log_metrics({"eval/accuracy": accuracy})
+        shutil.rmtree(scratch, ignore_errors=True)
+        trials.append(values | {"number": trial.number, "eval_accuracy": accuracy})
+        ctx.log.info("trial %d: %s -> validation accuracy %.4f", trial.number, values, accuracy)
+        return accuracy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=ctx.cfg.project.seed))
+    study.optimize(objective, n_trials=scfg.trials)
+    best = study.best_params
+    ctx.log.info("best trial %d: %s (validation accuracy %.4f)", study.best_trial.number, best, study.best_value)
+    return dcfg.model_copy(update=best), trials
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     dcfg = cfg.distill
@@ -110,33 +178,24 @@ def run(ctx: StageContext) -> StageResult:
     tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))
     splits = model_inputs_only(load_tokenized(data))
     teacher = load_classifier(ctx.input("finetune").output("model"))
-    if dcfg.student.keep_layers is not None:
-        student = shrink_by_layers(teacher, dcfg.student.keep_layers)
-    else:
-        student = load_student_from(dcfg.student.model, data, tokenizer)
+    info: dict = {}
+    if dcfg.search.enabled:
+        dcfg, info["search_trials"] = search(ctx, teacher, data, tokenizer, splits)
+        info["chosen"] = {k: getattr(dcfg, k) for k in ("temperature", "alpha", "learning_rate")}
+        set_seed(cfg.project.seed)
+    student = make_student(dcfg, teacher, data, tokenizer)
     ctx.log.info(
         "student %.1fM parameters (%d layers) from a %.1fM teacher",
         student.num_parameters() / 1e6, student.config.num_hidden_layers, teacher.num_parameters() / 1e6,
     )
-    trainer = DistillationTrainer(
-        model=student,
-        teacher=teacher,
-        temperature=dcfg.temperature,
-        alpha=dcfg.alpha,
-        intermediate=dcfg.intermediate,
-        layer_map=default_layer_map(dcfg, student.config.num_hidden_layers, teacher.config.num_hidden_layers),
-        args=training_arguments(dcfg, cfg.runtime, ctx.scratch, cfg.project.seed),
-        train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
-        data_collator=make_collator(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=compute_metrics,
-        callbacks=[TrackerCallback(ctx.tracker)],
-    )
+    trainer = build_trainer(ctx, dcfg, teacher, student, tokenizer, splits["train"], splits["validation"],
+                            ctx.scratch)
     metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"])
+    if "chosen" in info:
+        metrics |= {f"search/best_{k}": float(v) for k, v in info["chosen"].items()}
     trainer.model.set_attn_implementation("sdpa")  # the fast path for everything downstream
     model = trainer.model
-    info: dict = {"student_layers": model.config.num_hidden_layers}
+    info["student_layers"] = model.config.num_hidden_layers
     if dcfg.trim_vocab.enabled:
         model, tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, model, tokenizer)
         metrics |= trim_metrics

@@ -1,86 +1,208 @@
-"""quantize stage: dynamic INT8 of the fused student graph with onnxruntime's quantizer.
+"""quantize stage: INT8 recipes for the student, each measured, the fastest within tolerance kept.
 
-Quantizing the *fused* graph used to fail with "Unable to find data type for weight_name ...":
-shape inference cannot type tensors produced by com.microsoft ops (Attention, SkipLayerNorm), so
-we tell the quantizer their default type (extra_options DefaultTensorType=FLOAT), which is what
-its own error message recommends. Fusion and INT8 then coexist (QAttention, MatMulInteger).
-Validation accuracy is checked against the fp32 graph; too large a drop fails the stage.
+Recipes (quantize.candidates): dynamic INT8 (weights int8 ahead of time, activations quantized on
+the fly) and static INT8 (activation ranges calibrated on a bounded set of training texts with
+MinMax, Entropy or Percentile; QDQ format), each optionally per-channel / reduce-range. Every
+candidate's validation accuracy, batch-1 latency and size are recorded; the fastest whose accuracy
+drop vs fp32 stays within max_accuracy_drop is selected, and none passing fails the stage.
 
-Writes: student_int8/model.onnx (+ config and tokenizer files), quantize_report.json.
+Dynamic INT8 runs on the *fused* graph: onnxruntime's quantizer cannot type tensors produced by
+com.microsoft ops (Attention, SkipLayerNorm) and says "Unable to find data type for weight_name";
+telling it their default type (extra_options DefaultTensorType=FLOAT, as its message recommends)
+makes fusion and INT8 coexist (QAttention, MatMulInteger, QEmbedLayerNormalization). Static QDQ runs
+on the unfused export because the QDQ quantizer has no Attention support.
+
+Writes: student_int8/model.onnx (the selected recipe, + config and tokenizer), candidates/<name>.onnx
+for the others, quantize_report.json.
 """
 
 from __future__ import annotations
 
+import resource
 import shutil
+from pathlib import Path
 
+import numpy as np
 import onnx
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from transformers import AutoTokenizer
 
+from pipeline.config import QuantCandidate
 from pipeline.stage import StageContext, StageError, StageResult
-from stages._hf import load_tokenized, save_json
-from stages._onnx import file_mb, op_counts, score_onnx
+from stages._hf import classification_metrics, load_tokenized, save_json
+from stages._onnx import (
+    file_mb,
+    latency_stats,
+    make_session,
+    onnx_logits,
+    op_counts,
+    session_feed,
+    time_calls,
+)
 
 # Operators that only exist in an integer graph: proof that quantization happened.
 INTEGER_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear",
+               "QEmbedLayerNormalization", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul",
                "QGemm", "MatMulIntegerToFloat")
+CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+
+
+class TextCalibrationReader(CalibrationDataReader):
+    """Feeds tokenized training texts to the calibrator, a batch at a time (bounded memory)."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]], input_names: set[str]):
+        self.batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return self.batches[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def build(candidate: QuantCandidate, source: Path, target: Path, calibration: TextCalibrationReader | None,
+          percentile: float) -> None:
+    common = {"per_channel": candidate.per_channel, "reduce_range": candidate.reduce_range}
+    if candidate.method == "dynamic":
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}, **common)
+        return
+    assert calibration is not None
+    calibration.rewind()
+    quantize_static(
+        source, target, calibration, quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CALIBRATION[candidate.calibration],
+        op_types_to_quantize=["MatMul", "Gather"],
+        # Memory is bounded by quantize.calibration_samples. (CalibMaxIntermediateOutputs would
+        # flush in chunks, but MinMax then raises "No data is collected" when the batch count is a
+        # multiple of the chunk size.)
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True,
+                       "CalibPercentile": percentile},
+        **common,
+    )
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def evaluate(path: Path, validation, tokenizer, ctx: StageContext, texts: list[str]) -> dict:
+    session = make_session(path, ctx.cfg.runtime)
+    logits, labels = onnx_logits(session, validation, tokenizer, ctx.cfg.data.max_length)
+    singles = [{k: v.astype(np.int64) for k, v in tokenizer([t], truncation=True,
+                max_length=ctx.cfg.data.max_length, return_tensors="np").items()} for t in texts]
+    cursor = iter(range(10**9))
+    ms = time_calls(lambda: session.run(["logits"], session_feed(session, singles[next(cursor) % len(singles)])),
+                    warmup=5, iterations=ctx.cfg.quantize.selection_iterations)
+    return classification_metrics(logits, labels) | {"latency": latency_stats(ms), "size_mb": file_mb(path)}
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg, qcfg = ctx.cfg, ctx.cfg.quantize
-    export = ctx.input("export")
-    source = export.output("student_best")
+    export, data = ctx.input("export"), ctx.input("data")
+    graphs = {"fused": export.output("student_best"), "unfused": export.output("student_onnx")}
+    tokenizer = AutoTokenizer.from_pretrained(export.output("student_dir"))
+    splits = load_tokenized(data)
+    validation = splits["validation"]
+    texts = list(validation["text"][:50])
+
+    calibration = None
+    if any(c.method == "static" for c in qcfg.candidates):
+        train = splits["train"].shuffle(seed=cfg.project.seed)
+        calib = train.select(range(min(qcfg.calibration_samples, len(train))))
+        # Entropy/percentile calibrators stack activations across batches: one fixed length.
+        batches = []
+        for start in range(0, len(calib), qcfg.calibration_batch_size):
+            enc = tokenizer(calib["text"][start : start + qcfg.calibration_batch_size], padding="max_length",
+                            truncation=True, max_length=cfg.data.max_length, return_tensors="np")
+            batches.append({k: v.astype(np.int64) for k, v in enc.items()})
+        names = {i.name for i in onnx.load(str(graphs["unfused"]), load_external_data=False).graph.input}
+        calibration = TextCalibrationReader(batches, names)
+
+    fp32 = evaluate(graphs["fused"], validation, tokenizer, ctx, texts)
+    ctx.log.info("fp32 (fused): validation accuracy %.4f, p50 %.2f ms", fp32["accuracy"], fp32["latency"]["p50_ms"])
+    (ctx.out / "candidates").mkdir()
+    results: dict[str, dict] = {}
+    for candidate in qcfg.candidates:
+        target = ctx.out / "candidates" / f"{candidate.name}.onnx"
+        ctx.log.info("INT8 candidate %s on the %s graph", candidate.name, candidate.source_graph)
+        try:
+            build(candidate, graphs[candidate.source_graph], target, calibration, qcfg.percentile)
+        except Exception as exc:  # one recipe failing must not hide the others' results
+            results[candidate.name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            ctx.log.warning("candidate %s failed: %s", candidate.name, results[candidate.name]["error"])
+            continue
+        ops = op_counts(target)
+        integer_ops = {op: n for op, n in ops.items() if op in INTEGER_OPS}
+        if not integer_ops:
+            results[candidate.name] = {"error": f"no integer operators in the graph: {ops}"}
+            continue
+        scores = evaluate(target, validation, tokenizer, ctx, texts)
+        drop = fp32["accuracy"] - scores["accuracy"]
+        results[candidate.name] = scores | {
+            "accuracy_drop": drop, "within_tolerance": drop <= qcfg.max_accuracy_drop,
+            "graph": candidate.source_graph, "integer_ops": integer_ops, "path": f"candidates/{target.name}",
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        ctx.log.info("  %s: accuracy %.4f (drop %+.4f), p50 %.2f ms, %.1f MB", candidate.name,
+                     scores["accuracy"], -drop, scores["latency"]["p50_ms"], scores["size_mb"])
+
+    passing = {n: r for n, r in results.items() if r.get("within_tolerance")}
+    report = {"fp32": fp32, "candidates": results, "max_accuracy_drop": qcfg.max_accuracy_drop}
+    if not passing:
+        save_json(ctx.out / "quantize_report.json", report)
+        summary = "; ".join(f"{n}: " + (r["error"] if "error" in r else f"drop {r['accuracy_drop']:.4f}")
+                            for n, r in results.items())
+        raise StageError(
+            f"no INT8 candidate kept validation accuracy within quantize.max_accuracy_drop="
+            f"{qcfg.max_accuracy_drop} of fp32 {fp32['accuracy']:.4f} ({summary}). Add candidates "
+            "(e.g. {method: dynamic, per_channel: true}) or raise the tolerance."
+        )
+    chosen = min(passing, key=lambda n: passing[n]["latency"]["p50_ms"])
+    report["selected"] = chosen
     out_dir = ctx.out / "student_int8"
     out_dir.mkdir()
-    # Carry config.json and tokenizer files so the folder is a complete model directory.
-    for item in export.output("student_dir").iterdir():
+    for item in export.output("student_dir").iterdir():  # config + tokenizer: a complete model dir
         if item.suffix != ".onnx":
             shutil.copy2(item, out_dir / item.name)
-    target = out_dir / "model.onnx"
-    ctx.log.info("dynamic INT8 quantization of %s", source)
-    quantize_dynamic(
-        source, target,
-        weight_type=QuantType.QInt8,
-        per_channel=qcfg.per_channel,
-        reduce_range=qcfg.reduce_range,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    ops = op_counts(target)
-    integer_ops = {op: ops.get(op, 0) for op in INTEGER_OPS if ops.get(op)}
-    if not integer_ops:
-        raise StageError(f"quantization produced no integer operators in {target}: {ops}")
-
-    data = ctx.input("data")
-    tokenizer = AutoTokenizer.from_pretrained(export.output("student_dir"))
-    validation = load_tokenized(data)["validation"]
-    fp32 = score_onnx(source, validation, tokenizer, cfg.data.max_length, cfg.runtime)
-    int8 = score_onnx(target, validation, tokenizer, cfg.data.max_length, cfg.runtime)
-    drop = fp32["accuracy"] - int8["accuracy"]
-    report = {
-        "source": str(source), "fp32": fp32, "int8": int8, "accuracy_drop": drop,
-        "size_mb": {"fp32": file_mb(source), "int8": file_mb(target)},
-        "integer_ops": integer_ops, "op_counts": ops,
-    }
+    shutil.move(ctx.out / results[chosen]["path"], out_dir / "model.onnx")
+    results[chosen]["path"] = "student_int8/model.onnx"
     save_json(ctx.out / "quantize_report.json", report)
     ctx.tracker.log_artifact(ctx.out / "quantize_report.json")
-    ctx.tracker.log_artifact(target, artifact_path="student_int8")  # the model that ships
-    ctx.log.info("validation accuracy fp32 %.4f -> int8 %.4f; size %.1f -> %.1f MB",
-                 fp32["accuracy"], int8["accuracy"], report["size_mb"]["fp32"], report["size_mb"]["int8"])
-    if drop > qcfg.max_accuracy_drop:
-        raise StageError(
-            f"INT8 validation accuracy {int8['accuracy']:.4f} is {drop:.4f} below fp32 "
-            f"{fp32['accuracy']:.4f}, over quantize.max_accuracy_drop={qcfg.max_accuracy_drop}. "
-            "Try quantize.per_channel=true or quantize.reduce_range=true, or raise the tolerance."
-        )
+    ctx.tracker.log_artifact(out_dir / "model.onnx", artifact_path="student_int8")  # the model that ships
+    best = results[chosen]
+    ctx.log.info("selected %s: validation accuracy %.4f -> %.4f, %.1f -> %.1f MB", chosen,
+                 fp32["accuracy"], best["accuracy"], fp32["size_mb"], best["size_mb"])
+
     metrics = {
-        "val/fp32_accuracy": fp32["accuracy"], "val/int8_accuracy": int8["accuracy"],
-        "val/int8_accuracy_drop": drop, "model/fp32_size_mb": report["size_mb"]["fp32"],
-        "model/int8_size_mb": report["size_mb"]["int8"],
-        "model/size_ratio": report["size_mb"]["int8"] / report["size_mb"]["fp32"],
-    } | {f"ops/{op}": float(n) for op, n in integer_ops.items()}
+        "val/fp32_accuracy": fp32["accuracy"], "val/int8_accuracy": best["accuracy"],
+        "val/int8_accuracy_drop": best["accuracy_drop"], "model/fp32_size_mb": fp32["size_mb"],
+        "model/int8_size_mb": best["size_mb"], "model/size_ratio": best["size_mb"] / fp32["size_mb"],
+        "quant/peak_rss_mb": peak_rss_mb(),
+    } | {f"ops/{op}": float(n) for op, n in best["integer_ops"].items()}
+    for name, r in results.items():
+        if "error" not in r:
+            metrics |= {f"cand/{name}/val_accuracy": r["accuracy"], f"cand/{name}/latency_p50_ms":
+                        r["latency"]["p50_ms"], f"cand/{name}/size_mb": r["size_mb"]}
     return StageResult(
         metrics=metrics,
         outputs={"student_int8": "student_int8/model.onnx", "student_int8_dir": "student_int8",
                  "report": "quantize_report.json"},
-        info={"integer_ops": integer_ops},
+        info={"selected": chosen, "integer_ops": best["integer_ops"],
+              "candidates": {n: {k: v for k, v in r.items() if k in ("accuracy", "accuracy_drop", "size_mb", "error")}
+                             | ({"p50_ms": r["latency"]["p50_ms"]} if "latency" in r else {})
+                             for n, r in results.items()}},
     )

@@ -303,7 +303,7 @@ def test_plan_chained_invalidation(load_tiny) -> None:
         ("data.max_length=16", set(STAGE_NAMES)),
         ("project.seed=1", set(STAGE_NAMES)),
         ("export.opset=18", {"export", "quantize", "benchmark"}),
-        ("quantize.per_channel=true", {"quantize", "benchmark"}),
+        ("quantize.max_accuracy_drop=0.02", {"quantize", "benchmark"}),
         ("benchmark.iterations=3", {"benchmark"}),
     ],
 )

@@ -128,6 +128,15 @@ def test_quantized_graph_has_integer_ops_and_is_smaller(first_status):
     assert {"MatMulInteger", "QAttention"} <= ops or "DynamicQuantizeMatMul" in ops
     assert manifest["metrics"]["model/int8_size_mb"] < manifest["metrics"]["model/fp32_size_mb"]
     assert manifest["metrics"]["val/int8_accuracy_drop"] <= 0.05
+    # Every candidate measured and recorded; the selected one is the fastest within tolerance.
+    report = json.loads((path / "quantize_report.json").read_text())
+    candidates = report["candidates"]
+    assert set(candidates) == {"dynamic", "static-minmax"}
+    assert candidates["static-minmax"]["graph"] == "unfused"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(candidates["static-minmax"]["integer_ops"])
+    passing = {n: c for n, c in candidates.items() if c.get("within_tolerance")}
+    assert report["selected"] == min(passing, key=lambda n: passing[n]["latency"]["p50_ms"])
+    assert manifest["info"]["selected"] == report["selected"]
 
 
 def test_benchmark_report(first_status):
@@ -146,7 +155,17 @@ def test_benchmark_report(first_status):
     v = report["variants"]
     assert v["student-onnx"]["accuracy"] == pytest.approx(v["student-pytorch"]["accuracy"])
     assert "| student-int8 |" in (path / "results.md").read_text()
-    assert (path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+    for plot in ("accuracy_vs_latency.png", "latency_vs_length.png"):
+        assert (path / plot).read_bytes()[:4] == b"\x89PNG"
+    assert report["pareto_front"] and set(report["pareto_front"]) <= set(v)
+    assert report["cpu"]["cores"] >= 1 and "avx512_vnni" in report["cpu"]
+    assert all(r["memory_mb"] >= 0 for r in v.values())
+    # The sweep: every variant x threads x batch x length cell, throughput consistent with p50.
+    assert set(report["sweep"]) == {"teacher-stock-int8", "student-onnx", "student-int8"}
+    cells = report["sweep"]["student-int8"]
+    assert len(cells) == 2 * 2 * 2
+    for c in cells.values():
+        assert c["throughput_per_s"] == pytest.approx(c["batch_size"] / (c["p50_ms"] / 1000))
 
 
 def test_second_run_is_all_cache_hits_and_mlflow_records_both(tiny, first_status):
@@ -215,3 +234,22 @@ def test_distill_into_a_given_smaller_model(tiny, first_status):
     config = json.loads((path / "model" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"]) == (16, 1)
     assert set(config["id2label"].values()) == {"negative", "neutral", "positive"}
+
+
+def test_search_runs_nested_trials_and_carries_the_best_forward(tiny, first_status):
+    overrides = ("--set", "distill.search.enabled=true", "--set", "distill.search.trials=2",
+                 "--set", "distill.search.epochs=1")
+    bertpress("run", "distill", *overrides, root=tiny)
+    path = Path(status(tiny, *overrides)["distill"]["path"])
+    manifest = json.loads((path / "manifest.json").read_text())
+    trials = manifest["info"]["search_trials"]
+    assert len(trials) == 2
+    best = max(trials, key=lambda t: t["eval_accuracy"])
+    assert manifest["info"]["chosen"] == {k: best[k] for k in ("temperature", "alpha", "learning_rate")}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny / 'mlflow.db'}")
+    distill_run = client.get_run(manifest["mlflow_run_id"])
+    children = client.search_runs(
+        [distill_run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{distill_run.info.run_id}'")
+    assert sorted(r.data.tags["trial"] for r in children) == ["trial-0", "trial-1"]
+    assert all("eval/accuracy" in r.data.metrics and "temperature" in r.data.params for r in children)

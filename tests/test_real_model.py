@@ -22,14 +22,22 @@ def test_default_pipeline_on_the_real_teacher_with_few_steps(tmp_path):
         "finetune.max_steps=8", "distill.max_steps=8",
         "quantize.max_accuracy_drop=0.05",
         "benchmark.iterations=5", "benchmark.warmup=1", "benchmark.throughput_iterations=1",
+        "benchmark.sweep.enabled=false", "quantize.calibration_samples=32",
+        "quantize.candidates=[{method: dynamic}, {method: static, calibration: minmax}]",
     ])
     outcomes = {o.name: o for o in Runner(cfg).run("all")}
     export = json.loads((outcomes["export"].path / "manifest.json").read_text())
     assert export["info"]["fused_ops"]["teacher"]["Attention"] == 6
     assert export["info"]["fused_ops"]["student"]["Attention"] == 3
     assert export["metrics"]["teacher/fused_max_abs_diff"] < 1e-4
-    quantize = json.loads((outcomes["quantize"].path / "manifest.json").read_text())
-    assert quantize["metrics"]["ops/QAttention"] == 3
-    assert quantize["metrics"]["model/int8_size_mb"] < 0.5 * quantize["metrics"]["model/fp32_size_mb"]
+    report = json.loads((outcomes["quantize"].path / "quantize_report.json").read_text())
+    dynamic = report["candidates"]["dynamic"]
+    # Fusion and INT8 together on the real graph: every layer's attention is quantized.
+    assert dynamic["integer_ops"]["QAttention"] == 3
+    assert dynamic["integer_ops"]["QEmbedLayerNormalization"] == 1
+    assert dynamic["size_mb"] < 0.5 * report["fp32"]["size_mb"]
+    assert "QuantizeLinear" in report["candidates"]["static-minmax"]["integer_ops"]
+    distill = json.loads((outcomes["distill"].path / "manifest.json").read_text())
+    assert distill["metrics"]["vocab/trimmed_size"] < distill["metrics"]["vocab/original_size"]
     bench = json.loads((outcomes["benchmark"].path / "benchmark.json").read_text())
     assert bench["variants"]["teacher-pytorch"]["size_mb"] > 80  # 22.7M fp32 parameters
