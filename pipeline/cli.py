@@ -92,19 +92,17 @@ def status(
     from pipeline.cache import ArtifactStore
     from pipeline.runner import plan
 
-    planned = plan(cfg, ArtifactStore(cfg.runtime.artifacts_dir))
-    rows = []
-    for name, item in planned.items():
-        rows.append(
-            {
-                "stage": name,
-                "status": item.status,
-                "key": item.key,
-                "path": str(item.artifact.path if item.artifact else
-                            ArtifactStore(cfg.runtime.artifacts_dir).path(name, item.key)),
-                "metrics": item.artifact.metrics if item.artifact else {},
-            }
-        )
+    store = ArtifactStore(cfg.runtime.artifacts_dir)
+    rows = [
+        {
+            "stage": name,
+            "status": item.status,
+            "key": item.key,
+            "path": str(store.path(name, item.key)),
+            "metrics": item.artifact.metrics if item.artifact else {},
+        }
+        for name, item in plan(cfg, store).items()
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return

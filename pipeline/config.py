@@ -137,6 +137,9 @@ class StudentConfig(_Section):
         None, description="Teacher layers copied into the student, e.g. [0, 2, 4]."
     )
     model: str | None = Field(None, description="Or a separate smaller model (hub id / dir).")
+    hidden_size: int | None = Field(None, ge=8, description="Narrower student (with keep_layers).")
+    num_attention_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentConfig:
@@ -147,7 +150,18 @@ class StudentConfig(_Section):
                 raise ValueError("distill.student.keep_layers must name at least one layer")
             if len(set(self.keep_layers)) != len(self.keep_layers) or any(i < 0 for i in self.keep_layers):
                 raise ValueError("distill.student.keep_layers must be distinct layer indices >= 0")
+        width = (self.hidden_size, self.num_attention_heads, self.intermediate_size)
+        if any(w is not None for w in width):
+            if self.keep_layers is None:
+                raise ValueError("distill.student width settings apply to keep_layers students only")
+            if any(w is None for w in width):
+                raise ValueError("a narrower student needs hidden_size, num_attention_heads and "
+                                 "intermediate_size together")
         return self
+
+    @property
+    def narrower(self) -> bool:
+        return self.hidden_size is not None
 
 
 class IntermediateConfig(_Section):
@@ -210,6 +224,24 @@ class SearchConfig(_Section):
         return self
 
 
+class AugmentConfig(_Section):
+    """Extra training inputs for distillation, labelled by the teacher's soft targets only."""
+
+    enabled: bool = False
+    methods: list[Literal["mask", "delete_span", "swap"]] = Field(
+        default_factory=lambda: ["mask", "delete_span", "swap"]
+    )
+    copies: int = Field(1, ge=1, le=20, description="New texts per training text.")
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    unlabeled_texts: Path | None = Field(None, description="In-domain text file, one per line.")
+
+    @model_validator(mode="after")
+    def _methods(self) -> AugmentConfig:
+        if self.enabled and not self.methods and self.unlabeled_texts is None:
+            raise ValueError("distill.augment needs methods or unlabeled_texts when enabled")
+        return self
+
+
 class DistillConfig(TrainConfig):
     student: StudentConfig = Field(default_factory=lambda: StudentConfig(keep_layers=[0, 2, 4]))
     temperature: float = Field(2.0, gt=0)
@@ -218,6 +250,7 @@ class DistillConfig(TrainConfig):
     intermediate: IntermediateConfig = Field(default_factory=IntermediateConfig)
     trim_vocab: VocabTrimConfig = Field(default_factory=VocabTrimConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class ExportConfig(_Section):

@@ -74,7 +74,7 @@ STAGES: tuple[StageSpec, ...] = (
     _spec("distill", ("data", "finetune"), ("project.seed", "distill"), "distill the student"),
     _spec("baseline", ("finetune",), (), "the teacher through Optimum's stock O2 + dynamic INT8"),
     _spec("export", ("data", "finetune", "distill"), ("export",), "export to ONNX, check, fuse"),
-    _spec("quantize", ("data", "export"), ("quantize",), "dynamic INT8 of the fused student"),
+    _spec("quantize", ("data", "export"), ("quantize",), "INT8 candidates, measured; the fastest within tolerance ships"),
     _spec(
         "benchmark",
         ("data", "finetune", "baseline", "distill", "export", "quantize"),

@@ -17,6 +17,9 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     return kl * temperature**2
 
 
+IGNORE_LABEL = -100  # augmented / unlabelled inputs: the teacher's soft targets only
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -24,8 +27,16 @@ def distillation_loss(
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
-    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
-    hard = F.cross_entropy(student_logits, labels)
+    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+
+    CE averages over labelled rows only (label -100 = no hard label); KL covers every row."""
+    labelled = labels != IGNORE_LABEL
+    if labelled.all():
+        hard = F.cross_entropy(student_logits, labels)
+    elif labelled.any():
+        hard = F.cross_entropy(student_logits[labelled], labels[labelled])
+    else:
+        hard = student_logits.sum() * 0.0
     soft = soft_target_kl(student_logits, teacher_logits, temperature)
     return alpha * hard + (1.0 - alpha) * soft
 

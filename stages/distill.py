@@ -8,10 +8,12 @@ Writes: model/ (student weights, config, tokenizer), metrics.json.
 from __future__ import annotations
 
 import torch
+from datasets import Dataset
 from transformers import AutoTokenizer, Trainer, set_seed
 
 from pipeline.config import DistillConfig, IntermediateConfig
 from pipeline.stage import StageContext, StageError, StageResult
+from stages._augment import augment_corpus
 from stages._hf import (
     load_classifier,
     load_student_from,
@@ -20,7 +22,13 @@ from stages._hf import (
     save_json,
     shrink_by_layers,
 )
-from stages._losses import attention_kl, distillation_loss, hidden_state_mse, uniform_layer_map
+from stages._losses import (
+    IGNORE_LABEL,
+    attention_kl,
+    distillation_loss,
+    hidden_state_mse,
+    uniform_layer_map,
+)
 from stages._train import (
     TrackerCallback,
     compute_metrics,
@@ -31,6 +39,7 @@ from stages._train import (
     training_arguments,
 )
 from stages._vocab import trim_vocabulary, verify_trim
+from stages._width import shrink_width
 
 
 class DistillationTrainer(Trainer):
@@ -102,9 +111,13 @@ def default_layer_map(dcfg: DistillConfig, student_layers: int, teacher_layers: 
 
 
 def make_student(dcfg: DistillConfig, teacher, data, tokenizer):
-    if dcfg.student.keep_layers is not None:
-        return shrink_by_layers(teacher, dcfg.student.keep_layers)
-    return load_student_from(dcfg.student.model, data, tokenizer)
+    spec = dcfg.student
+    if spec.keep_layers is None:
+        return load_student_from(spec.model, data, tokenizer)
+    student = shrink_by_layers(teacher, spec.keep_layers)
+    if spec.narrower:
+        student = shrink_width(student, spec.hidden_size, spec.num_attention_heads, spec.intermediate_size)
+    return student
 
 
 def build_trainer(ctx: StageContext, dcfg: DistillConfig, teacher, student, tokenizer, train, validation,
@@ -179,6 +192,8 @@ def run(ctx: StageContext) -> StageResult:
     splits = model_inputs_only(load_tokenized(data))
     teacher = load_classifier(ctx.input("finetune").output("model"))
     info: dict = {}
+    if dcfg.augment.enabled:
+        splits["train"], info["augment"] = with_augmentation(ctx, splits["train"], tokenizer)
     if dcfg.search.enabled:
         dcfg, info["search_trials"] = search(ctx, teacher, data, tokenizer, splits)
         info["chosen"] = {k: getattr(dcfg, k) for k in ("temperature", "alpha", "learning_rate")}
@@ -203,6 +218,32 @@ def run(ctx: StageContext) -> StageResult:
     save_json(ctx.out / "metrics.json", metrics)
     ctx.log.info("student test accuracy %.4f, macro-F1 %.4f", metrics["test/accuracy"], metrics["test/macro_f1"])
     return StageResult(metrics=metrics, outputs={"model": "model", "metrics": "metrics.json"}, info=info)
+
+
+def with_augmentation(ctx: StageContext, train, tokenizer):
+    """Train split plus augmented / unlabelled texts (label -100: soft targets only)."""
+    from datasets import Value, concatenate_datasets
+
+    acfg = ctx.cfg.distill.augment
+    texts = list(load_tokenized(ctx.input("data"))["train"]["text"])
+    extra = augment_corpus(texts, acfg.methods, acfg.copies, ctx.cfg.project.seed,
+                           tokenizer.mask_token, acfg.mask_prob) if acfg.methods else []
+    unlabeled = 0
+    if acfg.unlabeled_texts is not None:
+        if not acfg.unlabeled_texts.is_file():
+            raise StageError(f"distill.augment.unlabeled_texts: {acfg.unlabeled_texts} does not exist")
+        lines = [t.strip() for t in acfg.unlabeled_texts.read_text().splitlines() if t.strip()]
+        unlabeled = len(lines)
+        extra += lines
+    enc = tokenizer(extra, truncation=True, max_length=ctx.cfg.data.max_length)
+    columns = {k: enc[k] for k in train.column_names if k in enc}
+    augmented = Dataset.from_dict(columns | {"labels": [IGNORE_LABEL] * len(extra)})
+    train = train.cast_column("labels", Value("int64"))
+    augmented = augmented.cast(train.features)
+    ctx.log.info("augmentation: %d new inputs (%d unlabelled) for %d training texts",
+                 len(extra), unlabeled, len(texts))
+    merged = concatenate_datasets([train, augmented]).shuffle(seed=ctx.cfg.project.seed)
+    return merged, {"augmented": len(extra) - unlabeled, "unlabeled": unlabeled, "original": len(texts)}
 
 
 def trim_student(ctx: StageContext, model, tokenizer):

@@ -253,3 +253,29 @@ def test_search_runs_nested_trials_and_carries_the_best_forward(tiny, first_stat
         filter_string=f"tags.mlflow.parentRunId = '{distill_run.info.run_id}'")
     assert sorted(r.data.tags["trial"] for r in children) == ["trial-0", "trial-1"]
     assert all("eval/accuracy" in r.data.metrics and "temperature" in r.data.params for r in children)
+
+
+def test_augmented_distillation(tiny, first_status):
+    unlabeled = tiny / "unlabeled.txt"
+    unlabeled.write_text("an utterly wonderful film\n\na tedious, lifeless script\n")
+    overrides = ("--set", "distill.augment.enabled=true", "--set", "distill.augment.copies=2",
+                 "--set", f"distill.augment.unlabeled_texts={unlabeled}")
+    bertpress("run", "distill", *overrides, root=tiny)
+    manifest = json.loads((Path(status(tiny, *overrides)["distill"]["path"]) / "manifest.json").read_text())
+    info = manifest["info"]["augment"]
+    assert info["unlabeled"] == 2 and info["original"] > 0
+    assert info["augmented"] > info["original"]  # two copies per text, minus duplicates
+    assert manifest["metrics"]["test/accuracy"] > 0.6
+
+
+def test_narrower_student_with_layer_losses(tiny, first_status):
+    # Hidden 16 vs the teacher's 32: the hidden-state loss goes through a learned projection, the
+    # attention loss compares head-averaged distributions (2 heads vs 4).
+    overrides = ("--set", "distill.student.hidden_size=16", "--set", "distill.student.num_attention_heads=2",
+                 "--set", "distill.student.intermediate_size=32")
+    bertpress("run", "export", *overrides, root=tiny)
+    path = Path(status(tiny, *overrides)["distill"]["path"])
+    config = json.loads((path / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]) == (16, 2, 2)
+    export = status(tiny, *overrides)["export"]
+    assert export["status"] == "done" and export["metrics"]["student/fused_max_abs_diff"] < 1e-4
