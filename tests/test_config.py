@@ -247,7 +247,7 @@ def test_split_sizes_sum_checked() -> None:
 
 def test_student_both_keep_layers_and_model() -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(TINY, ["distill.student.model=prajjwal1/bert-tiny"])
+        load_config(TINY, ["distill.student.model=my-org/small-bert"])
     msg = str(info.value)
     assert "exactly one of distill.student.keep_layers or distill.student.model" in msg
     assert "distill.student" in msg
