@@ -2,7 +2,10 @@
 in the same process: test accuracy and macro-F1, batch-1 latency p50/p90/p99 on real test sentences
 (unpadded) and padded to each configured length, throughput at the throughput batch size, and size.
 
-Writes: benchmark.json, results.md (the table `make run` prints), accuracy_vs_latency.png.
+Also: resident memory per variant, CPU ISA flags, the Pareto front, and a sweep over batch size x
+sequence length x threads for the configured variants.
+Writes: benchmark.json, results.md (the full tables), accuracy_vs_latency.png (with the Pareto
+front), latency_vs_length.png.
 """
 
 from __future__ import annotations
