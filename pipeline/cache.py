@@ -46,14 +46,6 @@ def stage_key(
     return stable_hash(payload)[:KEY_LENGTH]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Artifact:
     """A finished stage output directory and its manifest."""

@@ -318,8 +318,6 @@ class QuantizeConfig(_Section):
         return self
 
 
-VARIANTS = ("teacher-pytorch", "teacher-onnx", "teacher-stock-int8", "student-pytorch",
-            "student-onnx", "student-int8")
 Variant = Literal["teacher-pytorch", "teacher-onnx", "teacher-stock-int8", "student-pytorch",
                   "student-onnx", "student-int8"]
 

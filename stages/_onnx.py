@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.config import RuntimeConfig
-from stages._hf import MODEL_INPUTS, classification_metrics
+from stages._hf import MODEL_INPUTS
 
 
 def providers(runtime: RuntimeConfig | None = None) -> list[str]:
@@ -69,13 +69,6 @@ def onnx_logits(
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def score_onnx(
-    path: Path, ds: Dataset, tokenizer, max_length: int, runtime: RuntimeConfig | None = None
-) -> dict[str, float]:
-    logits, labels = onnx_logits(make_session(path, runtime), ds, tokenizer, max_length)
-    return classification_metrics(logits, labels)
-
-
 def op_counts(path: Path) -> dict[str, int]:
     model = onnx.load(str(path), load_external_data=False)
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
@@ -117,3 +110,16 @@ def time_calls(fn: Callable[[], object], warmup: int, iterations: int) -> np.nda
 
 def latency_stats(ms: np.ndarray) -> dict[str, float]:
     return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"mean_ms": float(ms.mean())}
+
+
+def real_sentence_latency(
+    predict: Callable[[dict[str, np.ndarray]], object], tokenizer, texts: list[str], max_length: int,
+    warmup: int, iterations: int,
+) -> dict[str, float]:
+    """Batch-1 latency over real sentences, each at its own length (what a request really costs),
+    cycling through `texts`."""
+    singles = [{k: v.astype(np.int64) for k, v in tokenizer([t], truncation=True, max_length=max_length,
+                                                             return_tensors="np").items()} for t in texts]
+    cursor = iter(range(10**9))
+    ms = time_calls(lambda: predict(singles[next(cursor) % len(singles)]), warmup, iterations)
+    return latency_stats(ms)

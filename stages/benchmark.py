@@ -34,6 +34,7 @@ from stages._onnx import (
     latency_stats,
     make_session,
     padded_batches,
+    real_sentence_latency,
     session_feed,
     time_calls,
 )
@@ -89,12 +90,8 @@ def measure(variant: Variant, test, texts: list[str], bcfg, max_length: int, log
     result: dict[str, object] = classification_metrics(np.concatenate(logits), np.concatenate(labels))
     result |= {"runtime": variant.runtime, "size_mb": variant.size_mb, "path": str(variant.path)}
 
-    # Batch-1 latency on real sentences, each at its own length (what a request really costs).
-    singles = [tokenizer([t], truncation=True, max_length=max_length, return_tensors="np") for t in texts]
-    singles = [{k: v.astype(np.int64) for k, v in s.items()} for s in singles]
-    cursor = iter(range(10**9))
-    real = time_calls(lambda: variant.predict(singles[next(cursor) % len(singles)]), bcfg.warmup, bcfg.iterations)
-    result["latency_real"] = latency_stats(real)
+    result["latency_real"] = real_sentence_latency(
+        variant.predict, tokenizer, texts, max_length, bcfg.warmup, bcfg.iterations)
     result["by_length"] = {}
     for length in bcfg.seq_lengths:
         one = fixed_length_batch(tokenizer, texts[: bcfg.latency_batch_size], length)

@@ -39,12 +39,11 @@ from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import classification_metrics, load_tokenized, save_json
 from stages._onnx import (
     file_mb,
-    latency_stats,
     make_session,
     onnx_logits,
     op_counts,
+    real_sentence_latency,
     session_feed,
-    time_calls,
 )
 
 # Operators that only exist in an integer graph: proof that quantization happened.
@@ -102,12 +101,10 @@ def peak_rss_mb() -> float:
 def evaluate(path: Path, validation, tokenizer, ctx: StageContext, texts: list[str]) -> dict:
     session = make_session(path, ctx.cfg.runtime)
     logits, labels = onnx_logits(session, validation, tokenizer, ctx.cfg.data.max_length)
-    singles = [{k: v.astype(np.int64) for k, v in tokenizer([t], truncation=True,
-                max_length=ctx.cfg.data.max_length, return_tensors="np").items()} for t in texts]
-    cursor = iter(range(10**9))
-    ms = time_calls(lambda: session.run(["logits"], session_feed(session, singles[next(cursor) % len(singles)])),
-                    warmup=5, iterations=ctx.cfg.quantize.selection_iterations)
-    return classification_metrics(logits, labels) | {"latency": latency_stats(ms), "size_mb": file_mb(path)}
+    latency = real_sentence_latency(
+        lambda batch: session.run(["logits"], session_feed(session, batch)), tokenizer, texts,
+        ctx.cfg.data.max_length, warmup=5, iterations=ctx.cfg.quantize.selection_iterations)
+    return classification_metrics(logits, labels) | {"latency": latency, "size_mb": file_mb(path)}
 
 
 def run(ctx: StageContext) -> StageResult:
