@@ -4,6 +4,9 @@
 #   make distill SET="distill.temperature=4"   one stage (+ anything upstream that is stale)
 #   make test                        lint + tests on tiny models (what CI runs)
 #   make setup GPU=1                 onnxruntime-gpu instead of onnxruntime (never both)
+#   make retrain                     CI: data -> release, then the quality gates (non-zero on a failed gate)
+#   make serve BUNDLE=models:/bertpress-default@champion     HTTP on 127.0.0.1:$(SERVE_PORT)
+#   make mlflow-server               a real tracking server on 127.0.0.1:$(PORT) (sqlite + local artifacts)
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -11,15 +14,19 @@ CONFIG ?= configs/default.yaml
 SET ?=
 GPU ?= 0
 PORT ?= 5000
+SERVE_PORT ?= 8000
+BUNDLE ?= models:/bertpress-default@champion
+MLFLOW_DIR ?= mlflow-server
+RUNTIME_VENV ?= .venv-runtime
 
 ORT := $(if $(filter 1,$(GPU)),gpu,cpu)
 ORT_OTHER := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
 STAMP := $(VENV)/.installed-$(ORT)
 BP := $(VENV)/bin/bertpress
 ARGS := --config $(CONFIG) $(foreach s,$(SET),--set $(s))
-STAGES := data finetune distill baseline export quantize benchmark
+STAGES := data finetune distill baseline export quantize benchmark release
 
-.PHONY: setup run all $(STAGES) status validate test test-slow lint ui clean lock
+.PHONY: setup run all $(STAGES) promote retrain serve mlflow-server runtime-venv status validate test test-slow lint ui clean lock
 
 setup: $(STAMP)
 
@@ -27,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	-$(VENV)/bin/python -m pip uninstall -y -q $(ORT_OTHER) 2>/dev/null
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[$(ORT),dev]"
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[train,serve,$(ORT),dev]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 	@echo "venv ready: $(VENV) (onnxruntime: $(ORT))"
@@ -37,6 +44,28 @@ run all: setup
 
 $(STAGES): setup
 	$(BP) run $@ $(ARGS)
+
+promote: setup
+	$(BP) promote $(ARGS)
+
+retrain: setup
+	$(BP) retrain $(ARGS)
+
+serve: setup
+	$(BP) serve $(BUNDLE) --port $(SERVE_PORT)
+
+# Point the pipeline at it with: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
+mlflow-server: setup
+	@mkdir -p $(MLFLOW_DIR)
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
+	  --artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts --host 127.0.0.1 --port $(PORT)
+
+# The production install: onnxruntime + tokenizers + numpy (+ fastapi/uvicorn, MLflow client), no torch.
+runtime-venv:
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt ".[cpu,serve,registry]"
+	@! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "torch leaked into $(RUNTIME_VENV)"; exit 1)
+	@du -sh $(RUNTIME_VENV)
 
 status: setup
 	$(BP) status $(ARGS)

@@ -258,6 +258,18 @@ class ExportConfig(_Section):
     atol: float = Field(1e-4, gt=0, description="Max |logit difference| ONNX vs PyTorch.")
     parity_samples: int = Field(64, ge=1, description="Validation examples used for parity.")
     optimize: bool = Field(True, description="Apply ORT transformer fusions.")
+    embedding_outputs: list[Literal["pooled", "sequence", "hidden_states"]] = Field(
+        default_factory=list,
+        description="Extra student outputs beside logits, for `bertpress embed` and /embed: pooled "
+        "([CLS] after the pooler), sequence (per-token last layer; mean pooling uses it), "
+        "hidden_states (every encoder layer, stacked). Empty = logits only (optimum's export).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_outputs(self) -> ExportConfig:
+        if len(set(self.embedding_outputs)) != len(self.embedding_outputs):
+            raise ValueError(f"export.embedding_outputs lists an output twice: {self.embedding_outputs}")
+        return self
 
 
 class QuantCandidate(_Section):
@@ -365,6 +377,45 @@ class BenchmarkConfig(_Section):
         return self
 
 
+class ReleaseConfig(_Section):
+    """The shipped bundle and its registration in the MLflow Model Registry (alias `candidate`)."""
+
+    variant: Literal["student-int8", "student-onnx"] = Field(
+        "student-int8", description="Which model the bundle ships: the INT8 winner or fused fp32."
+    )
+    register_model: bool = Field(True, description="Register the bundle's model in the MLflow registry.")
+    model_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Registered model name; default: project.name.",
+    )
+    max_runtime_accuracy_gap: float = Field(
+        0.01, ge=0, le=1,
+        description="The bundle is re-scored through the torch-free runtime; fail the release if "
+        "its test accuracy differs from the benchmark's by more than this.",
+    )
+
+
+class GatesConfig(_Section):
+    """Promotion of a released candidate to alias `champion` (`bertpress promote`). Not part of any
+    cache key: gates are checked against the registry as it is now, every time."""
+
+    max_accuracy_drop: float | None = Field(
+        0.005, ge=0, le=1,
+        description="Candidate test accuracy may be at most this much below the champion's "
+        "(0.005 = 0.5 pt), both scored now on the current test split. null = no such gate.",
+    )
+    max_latency_increase: float | None = Field(
+        0.10, ge=0,
+        description="Candidate batch-1 p50 may be at most this fraction above the champion's "
+        "(0.10 = 10%), timed in the same process, interleaved. null = no such gate.",
+    )
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="Floor on test accuracy.")
+    max_latency_p50_ms: float | None = Field(None, gt=0, description="Ceiling on batch-1 p50 (ms).")
+    max_size_mb: float | None = Field(None, gt=0, description="Ceiling on the model file size (MB).")
+    latency_samples: int = Field(200, ge=10, description="Test sentences timed per model and round.")
+    latency_rounds: int = Field(3, ge=1, description="Interleaved timing rounds per model.")
+
+
 class PipelineConfig(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -375,9 +426,23 @@ class PipelineConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.release.model_name or self.project.name
 
     @model_validator(mode="after")
     def _cross_section(self) -> PipelineConfig:
+        import re
+
+        if self.release.register_model and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                                             self.registered_model_name):
+            raise ValueError(
+                f"release: registered model name {self.registered_model_name!r} (from project.name) "
+                "may only hold letters, digits, '_', '.' and '-'; set release.model_name"
+            )
         student = self.distill.student
         if student.keep_layers is not None and self.teacher.random is not None:
             depth = self.teacher.random.num_hidden_layers

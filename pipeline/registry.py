@@ -10,15 +10,18 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.stage import StageContext, StageResult, StageSpec
 
-STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
+REPO_DIR = Path(__file__).resolve().parent.parent
+STAGES_DIR = REPO_DIR / "stages"
+# Modules whose code is part of a stage's code version when the stage imports them.
+_VERSIONED_PREFIXES = ("stages._", "bertpress.")
 
 
-def _helpers_imported_by(path: Path) -> set[str]:
-    """Names of the stages._* helper modules a file imports (anywhere in it, lazily too)."""
+def _helpers_imported_by(path: Path) -> set[Path]:
+    """Files of the stages._* helpers and bertpress.* modules a file imports (lazily too)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages._"):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(_VERSIONED_PREFIXES):
+            found.add(REPO_DIR.joinpath(*node.module.split(".")).with_suffix(".py"))
     return found
 
 
@@ -32,7 +35,7 @@ def code_files(stage: str) -> tuple[Path, ...]:
         if path in files:
             continue
         files.append(path)
-        pending.extend(STAGES_DIR / f"{name}.py" for name in sorted(_helpers_imported_by(path)))
+        pending.extend(sorted(_helpers_imported_by(path)))
     return (files[0], *sorted(files[1:]))
 
 
@@ -80,6 +83,12 @@ STAGES: tuple[StageSpec, ...] = (
         ("data", "finetune", "baseline", "distill", "export", "quantize"),
         ("benchmark",),
         "accuracy, latency, throughput and size of every variant",
+    ),
+    _spec(
+        "release",
+        ("data", "distill", "export", "quantize", "benchmark"),
+        ("release", "project.name"),
+        "bundle + model card + checksums, registered with alias 'candidate'",
     ),
 )
 

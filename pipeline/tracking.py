@@ -31,6 +31,13 @@ def resolve_tracking_uri(configured: str | None, artifacts_dir: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def local_artifact_location(tracking_uri: str) -> str | None:
+    """For an sqlite store, run artifacts go next to the database (<dir>/mlartifacts)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (MLflow params are strings)."""
     flat: dict[str, Any] = {}
@@ -51,6 +58,10 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         mlflow.set_tracking_uri(tracking_uri)
+        location = local_artifact_location(tracking_uri)
+        if location and mlflow.get_experiment_by_name(experiment) is None:
+            # Without this MLflow puts run artifacts in ./mlruns of whatever the cwd is.
+            mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
         self.parent_run_id: str | None = None
 
@@ -80,6 +91,12 @@ class Tracker:
         with self._mlflow.start_run(run_name=name, nested=True, tags={"trial": name}) as run:
             self.log_params(params)
             yield run.info.run_id
+
+    def active_run_id(self) -> str:
+        run = self._mlflow.active_run()
+        if run is None:
+            raise RuntimeError("no active MLflow run")
+        return run.info.run_id
 
     # -- logging --------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -113,3 +130,44 @@ class Tracker:
             target = Path(tmp) / filename
             target.write_text(text)
             self._mlflow.log_artifact(str(target))
+
+    # -- model registry -------------------------------------------------------------------------
+    def register_onnx_model(
+        self, onnx_path: Path, registered_name: str, input_example: Mapping[str, Any],
+        output_example: Mapping[str, Any], tags: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Log an ONNX-flavour MLflow model (signature + input example) in the active run and
+        register it under `registered_name`; returns the new version."""
+        import onnx
+        from mlflow.models import infer_signature
+
+        info = self._mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)),
+            name="model",
+            signature=infer_signature(dict(input_example), dict(output_example)),
+            input_example=dict(input_example),
+            registered_model_name=registered_name,
+            save_as_external_data=False,
+        )
+        version = str(info.registered_model_version)
+        client = self._mlflow.MlflowClient()
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(registered_name, version, key, str(value))
+        return version
+
+    def set_alias(self, registered_name: str, alias: str, version: str) -> None:
+        self._mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, version)
+
+    def version_by_alias(self, registered_name: str, alias: str):
+        """The model version an alias points at, or None (no such model or alias)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._mlflow.MlflowClient().get_model_version_by_alias(registered_name, alias)
+        except MlflowException:
+            return None
+
+    def tag_version(self, registered_name: str, version: str, tags: Mapping[str, Any]) -> None:
+        client = self._mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, version, key, str(value))

@@ -2,6 +2,9 @@
 check against PyTorch on real validation inputs, then onnxruntime's transformer fusions (attention,
 SkipLayerNorm, GELU, embeddings), with the parity check repeated on the fused graph.
 
+With export.embedding_outputs the student is exported with those outputs beside its logits
+(bertpress.pytorch's wrapper; optimum has no such head) and parity covers every output.
+
 Writes, for m in {teacher, student}: m/model.onnx, m/model_fused.onnx, m/config.json, tokenizer
 files, and parity.json.
 """
@@ -9,6 +12,7 @@ files, and parity.json.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from onnxruntime.transformers.optimizer import optimize_model
 from optimum.exporters.onnx import main_export
 from transformers import AutoTokenizer
 
+from bertpress.pytorch import ClassifierWithEmbeddings, export_with_embeddings
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import load_classifier, load_tokenized, save_json
 from stages._onnx import file_mb, make_session, padded_batches, session_feed
@@ -56,20 +61,43 @@ def fuse(onnx_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> d
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
 
 
+def export_student_with_embeddings(model_dir: Path, out_dir: Path, outputs: list[str], opset: int) -> Path:
+    path = export_with_embeddings(load_classifier(model_dir), out_dir / "model.onnx", outputs, opset)
+    # The same side files optimum writes next to its model: config and tokenizer.
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.txt"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out_dir / name)
+    return path
+
+
 def parity(model_dir: Path, onnx_path: Path, ds, max_length: int, runtime) -> dict[str, float]:
-    """Max |logit difference| and argmax disagreements, ONNX vs PyTorch, on real inputs."""
-    model = load_classifier(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    """ONNX vs PyTorch on real inputs: max |logit difference|, argmax disagreements and, for each
+    embedding output, the max |difference| over real (unpadded) tokens relative to its scale."""
     session = make_session(onnx_path, runtime, provider_list=["CPUExecutionProvider"])
-    max_diff, flips, n = 0.0, 0, 0
+    names = [o.name for o in session.get_outputs()]
+    reference = ClassifierWithEmbeddings(load_classifier(model_dir), names[1:]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    diffs = dict.fromkeys(names, 0.0)
+    flips, n = 0, 0
     for batch, _ in padded_batches(ds, tokenizer, 16, max_length):
+        feed = {k: torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.no_grad():
-            expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-        got = session.run(["logits"], session_feed(session, batch))[0]
-        max_diff = max(max_diff, float(np.abs(expected - got).max()))
-        flips += int((expected.argmax(-1) != got.argmax(-1)).sum())
-        n += len(got)
-    return {"max_abs_diff": max_diff, "argmax_changes": flips, "examples": n}
+            expected = [t.numpy() for t in reference(**feed)]
+        got = session.run(names, session_feed(session, batch))
+        mask = batch["attention_mask"].astype(bool)
+        for name, want, have in zip(names, expected, got, strict=True):
+            diff = np.abs(want - have)
+            if name == "sequence":
+                diff = diff[mask]
+            elif name == "hidden_states":
+                diff = diff[:, mask]
+            scale = 1.0 if name == "logits" else max(1.0, float(np.abs(want).max()))
+            diffs[name] = max(diffs[name], float(diff.max()) / scale)
+        flips += int((expected[0].argmax(-1) != got[0].argmax(-1)).sum())
+        n += len(got[0])
+    result = {"max_abs_diff": diffs["logits"], "argmax_changes": flips, "examples": n}
+    return result | {f"{name}_max_rel_diff": d for name, d in diffs.items() if name != "logits"}
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -85,7 +113,10 @@ def run(ctx: StageContext) -> StageResult:
         model_dir = ctx.input(stage).output("model")
         out_dir = ctx.out / role
         ctx.log.info("exporting the %s (%s) to ONNX", role, model_dir)
-        raw = to_onnx(model_dir, out_dir, ecfg.opset)
+        if role == "student" and ecfg.embedding_outputs:
+            raw = export_student_with_embeddings(model_dir, out_dir, ecfg.embedding_outputs, ecfg.opset)
+        else:
+            raw = to_onnx(model_dir, out_dir, ecfg.opset)
         checks = {"onnx": raw}
         if ecfg.optimize:
             model_cfg = load_classifier(model_dir).config
@@ -105,15 +136,19 @@ def run(ctx: StageContext) -> StageResult:
             info["parity"][f"{role}_{variant}"] = result
             metrics[f"{role}/{variant}_max_abs_diff"] = result["max_abs_diff"]
             metrics[f"{role}/{variant}_size_mb"] = file_mb(path)
-            if result["max_abs_diff"] > ecfg.atol or result["argmax_changes"]:
+            worst_embedding = max((v for k, v in result.items() if k.endswith("_max_rel_diff")), default=0.0)
+            if result["max_abs_diff"] > ecfg.atol or result["argmax_changes"] or worst_embedding > ecfg.atol:
                 raise StageError(
                     f"{role} {variant} ONNX disagrees with PyTorch on {result['examples']} validation "
-                    f"examples: max |logit diff| {result['max_abs_diff']:.2e} (export.atol "
-                    f"{ecfg.atol:.0e}), {result['argmax_changes']} prediction(s) changed. Try another "
+                    f"examples: max |logit diff| {result['max_abs_diff']:.2e}, worst embedding "
+                    f"relative diff {worst_embedding:.2e} (export.atol {ecfg.atol:.0e}), "
+                    f"{result['argmax_changes']} prediction(s) changed. Try another "
                     "export.opset, or export.optimize=false if only the fused graph fails."
                 )
             ctx.log.info("%s %s parity: max |diff| %.2e on %d examples", role, variant,
                          result["max_abs_diff"], result["examples"])
+        if role == "student":
+            info["student_outputs"] = ["logits", *ecfg.embedding_outputs]
         outputs[f"{role}_onnx"] = f"{role}/model.onnx"
         outputs[f"{role}_dir"] = role
         # The best graph for serving: fused when fusion ran.

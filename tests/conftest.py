@@ -11,6 +11,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -59,3 +62,43 @@ def load_tiny(tiny_overrides: list[str]):
         return load_config(TINY_YAML, [*tiny_overrides, *extra])
 
     return load
+
+
+# -- the tiny pipeline, run once per test session through the real CLI -----------------------------
+CLI = [sys.executable, "-m", "pipeline.cli"]
+
+
+def run_cli(*args: str, root: Path, check: bool = True, env: dict | None = None,
+            config: str = "configs/tiny.yaml", timeout: int = 600) -> subprocess.CompletedProcess:
+    """`bertpress <args> --config tiny.yaml` with artifacts and MLflow inside `root`.
+
+    With MLFLOW_TRACKING_URI in `env`, tracking goes there instead of root/mlflow.db."""
+    tracking = [] if env and "MLFLOW_TRACKING_URI" in env else [
+        "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+    cmd = [*CLI, *args, "--config", config, "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
+           *tracking]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def cli_status(root: Path, *extra: str) -> dict[str, dict]:
+    proc = run_cli("status", "--json", *extra, root=root)
+    return {row["stage"]: row for row in json.loads(proc.stdout)}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """configs/tiny.yaml through every stage (release included) once; tests that change its
+    artifacts use other keys (overrides) or copy it."""
+    root = tmp_path_factory.mktemp("tiny")
+    assert {r["status"] for r in cli_status(root).values()} == {"missing"}
+    run_cli("run", "all", root=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run) -> Path:
+    return Path(cli_status(tiny_run)["release"]["path"]) / "bundle"

@@ -292,19 +292,21 @@ def test_plan_chained_invalidation(load_tiny) -> None:
     before = _keys(load_tiny())
     after = _keys(load_tiny("distill.temperature=4"))
     changed = {name for name in STAGE_NAMES if before[name] != after[name]}
-    assert changed == {"distill", "export", "quantize", "benchmark"}
+    assert changed == {"distill", "export", "quantize", "benchmark", "release"}
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
         ("finetune.learning_rate=2.0e-3",
-         {"finetune", "baseline", "distill", "export", "quantize", "benchmark"}),
+         {"finetune", "baseline", "distill", "export", "quantize", "benchmark", "release"}),
         ("data.max_length=16", set(STAGE_NAMES)),
         ("project.seed=1", set(STAGE_NAMES)),
-        ("export.opset=18", {"export", "quantize", "benchmark"}),
-        ("quantize.max_accuracy_drop=0.02", {"quantize", "benchmark"}),
-        ("benchmark.iterations=3", {"benchmark"}),
+        ("export.opset=18", {"export", "quantize", "benchmark", "release"}),
+        ("quantize.max_accuracy_drop=0.02", {"quantize", "benchmark", "release"}),
+        ("benchmark.iterations=3", {"benchmark", "release"}),
+        ("release.model_name=other", {"release"}),
+        ("gates.min_accuracy=0.9", set()),
     ],
 )
 def test_plan_invalidates_downstream_only(load_tiny, override: str, expected: set[str]) -> None:

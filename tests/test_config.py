@@ -392,4 +392,38 @@ def test_cli_run_unknown_stage() -> None:
     assert "nosuchstage" in out
     for name in ("all", *STAGE_NAMES):
         assert name in out
-    assert STAGE_NAMES == ("data", "finetune", "distill", "baseline", "export", "quantize", "benchmark")
+    assert STAGE_NAMES == ("data", "finetune", "distill", "baseline", "export", "quantize", "benchmark",
+                           "release")
+
+
+# ---------------------------------------------------------------------------------------------
+# Release, gates and embedding outputs
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["export.embedding_outputs=[pooled, pooled]"], "lists an output twice"),
+    (["export.embedding_outputs=[cls]"], "export.embedding_outputs.0"),
+    (["release.variant=teacher-int8"], "release.variant"),
+    (["release.model_name=has space"], "release.model_name"),
+    (["project.name=my project"], "set release.model_name"),
+    (["gates.max_accuracy_drop=-0.1"], "gates.max_accuracy_drop"),
+    (["gates.min_accuracy=1.5"], "gates.min_accuracy"),
+    (["gates.latency_samples=2"], "gates.latency_samples"),
+])
+def test_release_and_gate_errors_name_the_field(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_registered_name_defaults_to_the_project_and_gates_are_not_hashed() -> None:
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import plan
+
+    cfg = load_config(None, ["project.name=demo"])
+    assert cfg.registered_model_name == "demo"
+    assert load_config(None, ["release.model_name=other"]).registered_model_name == "other"
+    # A project name with spaces is fine when nothing is registered.
+    assert load_config(None, ["project.name=my project", "release.register_model=false"])
+    keys = {n: p.key for n, p in plan(cfg, ArtifactStore(Path("/nonexistent"))).items()}
+    stricter = load_config(None, ["project.name=demo", "gates.min_accuracy=0.99"])
+    assert {n: p.key for n, p in plan(stricter, ArtifactStore(Path("/nonexistent"))).items()} == keys

@@ -4,8 +4,6 @@ that is all cache hits, chained invalidation, and the MLflow runs read back thro
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +12,14 @@ import onnxruntime as ort
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import cli_status as status
+from conftest import run_cli as bertpress
 from pipeline.registry import STAGE_NAMES
-
-ROOT = Path(__file__).resolve().parents[1]
-BERTPRESS = [sys.executable, "-m", "pipeline.cli"]
-
-
-def bertpress(*args: str, root: Path) -> subprocess.CompletedProcess:
-    cmd = [*BERTPRESS, *args, "--config", "configs/tiny.yaml",
-           "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
-           "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
-def status(root: Path, *extra: str) -> dict[str, dict]:
-    proc = bertpress("status", "--json", *extra, root=root)
-    return {row["stage"]: row for row in json.loads(proc.stdout)}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    assert {r["status"] for r in status(root).values()} == {"missing"}
-    bertpress("run", "all", root=root)
-    return root
+def tiny(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +153,7 @@ def test_second_run_is_all_cache_hits_and_mlflow_records_both(tiny, first_status
     client = MlflowClient(tracking_uri=f"sqlite:///{tiny / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bertpress-tiny")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("target") == "all"]
     assert len(parents) == 2
     for parent, cached in zip(parents, ("false", "true"), strict=True):
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -195,7 +175,7 @@ def test_second_run_is_all_cache_hits_and_mlflow_records_both(tiny, first_status
 def test_changing_one_setting_reruns_that_stage_and_later_only(tiny, first_status):
     changed = status(tiny, "--set", "distill.temperature=4")
     assert [s for s, r in changed.items() if r["status"] == "done"] == ["data", "finetune", "baseline"]
-    assert all(changed[s]["status"] == "stale" for s in ("distill", "export", "quantize", "benchmark"))
+    assert all(changed[s]["status"] == "stale" for s in ("distill", "export", "quantize", "benchmark", "release"))
     bertpress("run", "distill", "--set", "distill.temperature=4", root=tiny)
     after = status(tiny, "--set", "distill.temperature=4")
     assert after["distill"]["status"] == "done"

@@ -1,0 +1,99 @@
+"""Quality gates: may a released candidate replace the champion? Pure logic, no I/O.
+
+Relative gates compare the candidate with the current champion measured the same way in the same
+process (accuracy on the current test split, interleaved batch-1 timing); absolute floors apply to
+the candidate alone. With no champion yet, only the floors apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.config import GatesConfig
+
+EPS = 1e-9  # a limit met exactly (1.10 / 1.00 - 1 in floating point) passes
+
+
+@dataclass(frozen=True)
+class Measurement:
+    version: str
+    accuracy: float
+    latency_p50_ms: float
+    size_mb: float
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    passed: bool
+    value: float
+    limit: float
+    detail: str  # human sentence: what was compared and by how much it passed or failed
+
+
+def check_gates(candidate: Measurement, champion: Measurement | None, gates: GatesConfig) -> list[GateResult]:
+    results: list[GateResult] = []
+    if gates.min_accuracy is not None:
+        ok = candidate.accuracy >= gates.min_accuracy
+        results.append(GateResult(
+            "min_accuracy", ok, candidate.accuracy, gates.min_accuracy,
+            f"test accuracy {candidate.accuracy:.4f} {'>=' if ok else '<'} floor {gates.min_accuracy:.4f}"
+            + ("" if ok else f" (short by {(gates.min_accuracy - candidate.accuracy) * 100:.2f} pt)"),
+        ))
+    if gates.max_latency_p50_ms is not None:
+        ok = candidate.latency_p50_ms <= gates.max_latency_p50_ms
+        results.append(GateResult(
+            "max_latency_p50_ms", ok, candidate.latency_p50_ms, gates.max_latency_p50_ms,
+            f"p50 {candidate.latency_p50_ms:.3f} ms {'<=' if ok else '>'} ceiling "
+            f"{gates.max_latency_p50_ms:.3f} ms",
+        ))
+    if gates.max_size_mb is not None:
+        ok = candidate.size_mb <= gates.max_size_mb
+        results.append(GateResult(
+            "max_size_mb", ok, candidate.size_mb, gates.max_size_mb,
+            f"model {candidate.size_mb:.3g} MB {'<=' if ok else '>'} ceiling {gates.max_size_mb:.3g} MB",
+        ))
+    if champion is None:
+        return results
+    if gates.max_accuracy_drop is not None:
+        drop = champion.accuracy - candidate.accuracy
+        ok = drop <= gates.max_accuracy_drop + EPS
+        results.append(GateResult(
+            "max_accuracy_drop", ok, drop, gates.max_accuracy_drop,
+            f"accuracy {candidate.accuracy:.4f} vs champion v{champion.version} {champion.accuracy:.4f}: "
+            f"{'drop' if drop > 0 else 'gain'} of {abs(drop) * 100:.2f} pt "
+            f"({'within' if ok else 'over'} the allowed {gates.max_accuracy_drop * 100:.2f} pt)",
+        ))
+    if gates.max_latency_increase is not None:
+        increase = candidate.latency_p50_ms / champion.latency_p50_ms - 1
+        ok = increase <= gates.max_latency_increase + EPS
+        results.append(GateResult(
+            "max_latency_increase", ok, increase, gates.max_latency_increase,
+            f"p50 {candidate.latency_p50_ms:.3f} ms vs champion v{champion.version} "
+            f"{champion.latency_p50_ms:.3f} ms: {increase * 100:+.1f}% "
+            f"({'within' if ok else 'over'} the allowed +{gates.max_latency_increase * 100:.0f}%)",
+        ))
+    return results
+
+
+def render_report(name: str, candidate: Measurement, champion: Measurement | None,
+                  results: list[GateResult], promoted: bool, note: str = "") -> str:
+    verdict = "PASSED: promoted to champion" if promoted else "FAILED: champion unchanged"
+    lines = [f"# Gate report: {name} v{candidate.version}", "", f"**{verdict}**", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| model | version | test accuracy | p50 ms (batch 1) | size MB |", "|---|---|---|---|---|"]
+    for role, m in (("candidate", candidate), ("champion", champion)):
+        if m is not None:
+            lines.append(f"| {role} | {m.version} | {m.accuracy:.4f} | {m.latency_p50_ms:.3f} | {m.size_mb:.2f} |")
+    if champion is None:
+        lines += ["", "No champion yet: only the absolute floors apply."]
+    lines += ["", "| gate | result | detail |", "|---|---|---|"]
+    lines += [f"| {r.gate} | {'pass' if r.passed else 'FAIL'} | {r.detail} |" for r in results]
+    if not results:
+        lines.append("| (none configured) | pass | |")
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(m: Measurement | None) -> dict | None:
+    return asdict(m) if m is not None else None

@@ -1,0 +1,104 @@
+"""`bertpress serve` on 127.0.0.1, started as a real process without torch, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "no_torch.py"), "serve", str(tiny_bundle), "--port", str(port),
+         "--max-batch", "4", "--max-text-chars", "500", "--max-body-bytes", "4000", "--threads", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=1)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not start:\n{proc.stdout.read()}")
+            time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def call(base: str, path: str, body: object | bytes | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}{path}", data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_and_metadata(server):
+    assert call(server, "/health") == (200, {"status": "ok", "model": "bertpress-tiny", "version": None})
+    status, meta = call(server, "/metadata")
+    assert status == 200
+    assert meta["labels"] == ["negative", "neutral", "positive"]
+    assert meta["limits"] == {"max_batch": 4, "max_text_chars": 500, "max_body_bytes": 4000}
+    assert meta["providers"] == ["CPUExecutionProvider"]
+
+
+def test_predict_one_and_many(server):
+    status, one = call(server, "/predict", {"text": "an utterly wonderful film"})
+    assert status == 200 and len(one["predictions"]) == 1
+    status, many = call(server, "/predict", {"texts": ["an utterly wonderful film", "a tedious script", "ok"]})
+    assert status == 200 and len(many["predictions"]) == 3
+    assert many["predictions"][0]["label"] == one["predictions"][0]["label"]
+    assert many["predictions"][0]["score"] == pytest.approx(one["predictions"][0]["score"], abs=2e-2)
+    for p in many["predictions"]:
+        assert p["label"] in p["probabilities"]
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_embed_kinds(server):
+    status, body = call(server, "/embed", {"texts": ["a b", "c d e"], "kind": "mean", "normalize": True})
+    assert status == 200 and len(body["embeddings"]) == 2 and len(body["embeddings"][0]) == 32
+    status, body = call(server, "/embed", {"text": "a b", "kind": "sequence"})
+    assert status == 200 and len(body["embeddings"][0][0]) == 32  # tokens x hidden
+    status, body = call(server, "/embed", {"text": "a b", "kind": "hidden_states"})
+    assert status == 200 and len(body["embeddings"][0]) == 3  # embeddings + 2 layers
+
+
+@pytest.mark.parametrize(("path", "body", "code", "message"), [
+    ("/predict", {"texts": ["a"] * 5}, 413, "5 texts in one request; the limit is 4"),
+    ("/predict", {"text": "x" * 501}, 413, "has 501 characters; the limit is 500"),
+    ("/predict", {"texts": ["y" * 450] * 4 + ["z" * 450] * 6}, 413, "over the limit of 4000"),
+    ("/predict", {"texts": []}, 422, "is empty"),
+    ("/predict", {"text": "a", "texts": ["b"]}, 422, "exactly one of"),
+    ("/predict", {"txt": "a"}, 422, "Extra inputs are not permitted"),
+    ("/predict", b"not json", 422, "JSON decode error"),
+    ("/embed", {"text": "a", "kind": "cls"}, 422, "Input should be 'mean', 'pooled', 'sequence' or 'hidden_states'"),
+])
+def test_bad_requests_get_4xx_with_a_message(server, path, body, code, message):
+    status, payload = call(server, path, body)
+    assert status == code
+    assert message in json.dumps(payload)
+    assert call(server, "/health")[0] == 200  # and the server keeps serving
