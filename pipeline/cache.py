@@ -134,6 +134,15 @@ class ArtifactStore:
     def drop_scratch(self, stage: str, key: str) -> None:
         shutil.rmtree(self.stage_dir(stage) / f".work-{key}", ignore_errors=True)
 
+    def clear_interrupted(self, stage: str, key: str) -> list[Path]:
+        """Delete half-written outputs of earlier, interrupted attempts at (stage, key). Call only
+        while holding that key's lock: then no live process can be writing them."""
+        base = self.stage_dir(stage)
+        stale = sorted(base.glob(f".tmp-{key}-*")) + sorted(base.glob(f".trash-{key}-*")) if base.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return stale
+
     def abort(self, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 

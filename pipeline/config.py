@@ -38,6 +38,10 @@ class RuntimeConfig(_Section):
     threads: int = Field(0, ge=0, description="Torch/ORT intra-op threads; 0 = all cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    lock: Literal["wait", "fail"] = Field(
+        "wait", description="When another process is building the same stage output: wait for it "
+        "(then reuse its result) or fail at once.")
+    lock_timeout_s: float | None = Field(None, gt=0, description="Give up waiting after this long.")
 
 
 class FileSplits(_Section):
@@ -319,6 +323,11 @@ class QuantizeConfig(_Section):
     calibration_batch_size: int = Field(8, ge=1)
     percentile: float = Field(99.999, gt=90, lt=100, description="For percentile calibration.")
     selection_iterations: int = Field(50, ge=5, description="Batch-1 timings per candidate.")
+    latency_tie_margin: float = Field(
+        0.05, ge=0, le=1,
+        description="Passing candidates within this fraction of the fastest p50 count as equally "
+        "fast (timing noise); the most accurate of them ships.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> QuantizeConfig:

@@ -16,6 +16,7 @@ import yaml
 from pipeline import __version__
 from pipeline.cache import Artifact, ArtifactStore, stage_key
 from pipeline.config import PipelineConfig
+from pipeline.locks import stage_lock
 from pipeline.registry import STAGES, closure
 from pipeline.stage import StageContext, StageError, StageSpec
 from pipeline.tracking import Tracker, resolve_tracking_uri
@@ -131,7 +132,15 @@ class Runner:
                 item = planned[spec.name]
                 if item.artifact is not None and spec.name not in forced:
                     outcomes.append(self._replay(tracker, item))
-                else:
+                    continue
+                with stage_lock(self.store.stage_dir(spec.name), spec.name, item.key,
+                                self.cfg.runtime.lock, self.cfg.runtime.lock_timeout_s):
+                    # Another process may have finished this very output while we waited.
+                    item.artifact = self.store.get(spec.name, item.key)
+                    if item.artifact is not None and spec.name not in forced:
+                        outcomes.append(self._replay(tracker, item))
+                        continue
+                    self.store.clear_interrupted(spec.name, item.key)
                     outcomes.append(self._execute(tracker, item, planned))
                     # A rerun replaces what was planned; later stages read the fresh manifest.
                     item.artifact = self.store.get(spec.name, item.key)

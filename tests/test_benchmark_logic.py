@@ -21,3 +21,15 @@ def test_sweep_markdown_has_a_row_per_threads_and_batch():
     assert "| threads | batch | len 16 | len 64 |" in text
     assert text.count("\n| 1 |") + text.count("\n| 2 |") == 4
     assert "1.00 (8000)" in text
+
+
+def test_quantize_selection_breaks_latency_ties_by_accuracy():
+    from stages.quantize import select_candidate
+
+    seen = {"dynamic": (1.00, 0.840), "static-minmax": (0.986, 0.835), "percentile": (0.70, 0.80)}
+    # Within 5% of the fastest (0.70 ms) only "percentile" itself: it ships.
+    assert select_candidate(seen, 0.05) == "percentile"
+    near = {"dynamic": (1.00, 0.840), "static-minmax": (0.986, 0.835)}
+    assert select_candidate(near, 0.05) == "dynamic"  # 1.4% slower is noise: the more accurate wins
+    assert select_candidate(near, 0.0) == "static-minmax"  # no margin: strictly the fastest
+    assert select_candidate({"a": (1.0, 0.8), "b": (1.0, 0.8)}, 0.05) in {"a", "b"}
