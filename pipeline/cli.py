@@ -167,8 +167,11 @@ def _print_gates(outcome) -> None:
     for r in outcome.results:
         table.add_row(r.gate, "[green]pass" if r.passed else "[bold red]FAIL", r.detail)
     console.print(table)
-    if outcome.already_champion:
+    if outcome.already_champion and outcome.promoted:
         console.print(f"v{outcome.version} is already the champion")
+    elif outcome.already_champion:
+        console.print(f"[bold red]gate failed:[/] v{outcome.version} is the champion but fails the "
+                      "floors above; aliases unchanged")
     elif outcome.promoted:
         console.print(f"[green]promoted {outcome.name} v{outcome.version} to alias 'champion'")
     else:

@@ -42,6 +42,9 @@ class RuntimeConfig(_Section):
         "wait", description="When another process is building the same stage output: wait for it "
         "(then reuse its result) or fail at once.")
     lock_timeout_s: float | None = Field(None, gt=0, description="Give up waiting after this long.")
+    tracking_fallback: bool = Field(
+        False, description="If the tracking server cannot be reached at start, log to the local "
+        "sqlite store in artifacts_dir (and say so) instead of failing.")
 
 
 class FileSplits(_Section):

@@ -21,7 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.gates import GateResult, Measurement, as_dict, check_gates, render_report
 from pipeline.runner import plan
 from pipeline.stage import StageError
-from pipeline.tracking import Tracker, resolve_tracking_uri
+from pipeline.tracking import Tracker, check_reachable, resolve_tracking_uri
 
 log = logging.getLogger("bertpress.promote")
 CHAMPION_ALIAS = "champion"
@@ -50,7 +50,8 @@ def _measure(models: dict, texts: list[str], labels: list[str], cfg: PipelineCon
 
     sample = texts[: cfg.gates.latency_samples]
     times = batch1_latencies(models, sample, rounds=cfg.gates.latency_rounds)
-    return {name: (accuracy(model, texts, labels), float(np.median(times[name])))
+    # Batch 1, as the release stage scored it and as a production request runs.
+    return {name: (accuracy(model, texts, labels, batch_size=1), float(np.median(times[name])))
             for name, model in models.items()}
 
 
@@ -69,8 +70,12 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
         raise StageError("release.register_model is false for this config: there is no registered "
                          "candidate to promote; set release.register_model: true and rerun `make release`")
     name, version = registered["name"], registered["version"]
-    tracker = Tracker(resolve_tracking_uri(cfg.runtime.tracking_uri, cfg.runtime.artifacts_dir),
-                      experiment=cfg.project.name)
+    uri = resolve_tracking_uri(cfg.runtime.tracking_uri, cfg.runtime.artifacts_dir)
+    problem = check_reachable(uri)
+    if problem:
+        raise StageError(f"the model registry at {uri} is unusable: {problem}; promotion needs it "
+                         "(start the server, or fix MLFLOW_TRACKING_URI)")
+    tracker = Tracker(uri, experiment=cfg.project.name)
     if tracker.tracking_uri != registered["tracking_uri"]:
         raise StageError(f"the candidate was registered at {registered['tracking_uri']} but tracking "
                          f"now points at {tracker.tracking_uri}; promote against the same server "

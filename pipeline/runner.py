@@ -19,7 +19,7 @@ from pipeline.config import PipelineConfig
 from pipeline.locks import stage_lock
 from pipeline.registry import STAGES, closure
 from pipeline.stage import StageContext, StageError, StageSpec
-from pipeline.tracking import Tracker, resolve_tracking_uri
+from pipeline.tracking import Tracker, check_reachable, local_tracking_uri, resolve_tracking_uri
 
 log = logging.getLogger("bertpress")
 
@@ -112,7 +112,20 @@ class Runner:
         self.store = ArtifactStore(cfg.runtime.artifacts_dir)
 
     def tracker(self) -> Tracker:
-        uri = resolve_tracking_uri(self.cfg.runtime.tracking_uri, self.cfg.runtime.artifacts_dir)
+        runtime = self.cfg.runtime
+        uri = resolve_tracking_uri(runtime.tracking_uri, runtime.artifacts_dir)
+        problem = check_reachable(uri)
+        if problem and runtime.tracking_fallback:
+            local = local_tracking_uri(runtime.artifacts_dir)
+            log.warning("tracking store %s is unusable (%s); runtime.tracking_fallback is on, so this "
+                        "run logs to %s instead", uri, problem, local)
+            uri = local
+        elif problem:
+            raise StageError(
+                f"the MLflow tracking store {uri} is unusable: {problem}. Start it (`make "
+                "mlflow-server`), fix MLFLOW_TRACKING_URI / runtime.tracking_uri, or set "
+                "runtime.tracking_fallback=true to log to the local store in the artifacts directory"
+            )
         return Tracker(uri, experiment=self.cfg.project.name)
 
     def run(self, target: str = "all", force: bool = False) -> list[StageOutcome]:
@@ -200,6 +213,7 @@ class Runner:
                     "mlflow_run_id": run_id,
                     "seed": self.cfg.project.seed,
                     "versions": library_versions(),
+                    "tracking": {"uri": tracker.tracking_uri, "failure": tracker.failure},
                     "wall_time_s": round(seconds, 3),
                 }
                 artifact = self.store.commit(tmp, spec.name, item.key, manifest)

@@ -26,9 +26,44 @@ def resolve_tracking_uri(configured: str | None, artifacts_dir: Path) -> str:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    return local_tracking_uri(artifacts_dir)
+
+
+def local_tracking_uri(artifacts_dir: Path) -> str:
     root = Path(artifacts_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+    """None when the tracking store can be used, else what is wrong with it (checked before any
+    stage runs, so a wrong URI never costs a training run)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            urllib.request.urlopen(url, timeout=timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return (f"it answered HTTP {exc.code} (not authorised): set MLFLOW_TRACKING_TOKEN or "
+                        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")
+            if exc.code >= 500:
+                return f"it answered HTTP {exc.code} (server error)"
+            return None  # it answers: an MLflow server behind a proxy may use other routes
+        except (urllib.error.URLError, OSError) as exc:
+            return f"cannot connect ({getattr(exc, 'reason', exc)})"
+        return None
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create {folder} ({exc.strerror})"
+        if not os.access(folder, os.W_OK):
+            return f"{folder} is not writable"
+    return None
 
 
 def local_artifact_location(tracking_uri: str) -> str | None:
@@ -64,6 +99,9 @@ class Tracker:
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
         self.parent_run_id: str | None = None
+        # Set when a logging call fails mid-run: later calls are skipped (each would retry for
+        # minutes) and the stage outputs, already on disk, are unaffected.
+        self.failure: str | None = None
 
     # -- runs -----------------------------------------------------------------------------------
     @contextmanager
@@ -99,37 +137,47 @@ class Tracker:
         return run.info.run_id
 
     # -- logging --------------------------------------------------------------------------------
+    def _guard(self, what: str, call, *args, **kwargs) -> None:
+        if self.failure is not None:
+            return
+        try:
+            call(*args, **kwargs)
+        except Exception as exc:  # the tracking store, not our work, failed: keep going
+            self.failure = f"{what}: {exc.__class__.__name__}: {str(exc)[:300]}"
+            log.warning("MLflow logging failed (%s); the rest of this run is not logged to %s, "
+                        "stage outputs on disk are unaffected", self.failure, self.tracking_uri)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = {
             k: (json.dumps(v) if isinstance(v, list | dict) else str(v))[:MAX_PARAM_LENGTH]
             for k, v in flatten(params).items()
         }
         if flat:
-            self._mlflow.log_params(flat)
+            self._guard("log_params", self._mlflow.log_params, flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         if clean:
-            self._mlflow.log_metrics(clean, step=step)
+            self._guard("log_metrics", self._mlflow.log_metrics, clean, step=step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._guard("set_tags", self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            self._guard("log_artifacts", self._mlflow.log_artifacts, str(path), artifact_path=artifact_path)
         else:
-            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            self._guard("log_artifact", self._mlflow.log_artifact, str(path), artifact_path=artifact_path)
 
     def log_dict(self, data: Mapping[str, Any], filename: str) -> None:
-        self._mlflow.log_dict(dict(data), filename)
+        self._guard("log_dict", self._mlflow.log_dict, dict(data), filename)
 
     def log_text(self, text: str, filename: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / filename
             target.write_text(text)
-            self._mlflow.log_artifact(str(target))
+            self._guard("log_text", self._mlflow.log_artifact, str(target))
 
     # -- model registry -------------------------------------------------------------------------
     def register_onnx_model(
