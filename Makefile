@@ -4,6 +4,7 @@
 #   make distill SET="distill.temperature=4"   one stage (+ anything upstream that is stale)
 #   make test                        lint + tests on tiny models (what CI runs)
 #   make setup GPU=1                 onnxruntime-gpu instead of onnxruntime (never both)
+#   make finetune NPROC=2            DDP training with 2 processes (torchrun; gloo on CPU, nccl on GPUs)
 #   make retrain                     CI: data -> release, then the quality gates (non-zero on a failed gate)
 #   make serve BUNDLE=models:/bertpress-default@champion     HTTP on 127.0.0.1:$(SERVE_PORT)
 #   make mlflow-server               a real tracking server on 127.0.0.1:$(PORT) (sqlite + local artifacts)
@@ -18,12 +19,15 @@ SERVE_PORT ?= 8000
 BUNDLE ?= models:/bertpress-default@champion
 MLFLOW_DIR ?= mlflow-server
 RUNTIME_VENV ?= .venv-runtime
+NPROC ?= 1
 
 ORT := $(if $(filter 1,$(GPU)),gpu,cpu)
 ORT_OTHER := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
 STAMP := $(VENV)/.installed-$(ORT)
 BP := $(VENV)/bin/bertpress
 ARGS := --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+# NPROC=2: one process per rank under torchrun (DDP; rank 0 writes and logs).
+LAUNCH := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline.cli,$(BP))
 STAGES := data finetune distill baseline export quantize benchmark release
 
 .PHONY: setup run all $(STAGES) promote retrain serve mlflow-server runtime-venv status validate test test-slow lint ui clean lock
@@ -43,7 +47,7 @@ run all: setup
 	$(BP) run all $(ARGS)
 
 $(STAGES): setup
-	$(BP) run $@ $(ARGS)
+	$(LAUNCH) run $@ $(ARGS)
 
 promote: setup
 	$(BP) promote $(ARGS)

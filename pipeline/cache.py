@@ -46,6 +46,23 @@ def stage_key(
     return stable_hash(payload)[:KEY_LENGTH]
 
 
+class CorruptArtifactError(RuntimeError):
+    """A finished stage output no longer matches the checksum its manifest recorded."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_checksums(out: Path, outputs: Mapping[str, str]) -> dict[str, str]:
+    """sha256 of every declared output that is a file (models, reports), for later verification."""
+    return {rel: file_sha256(out / rel) for rel in sorted(set(outputs.values())) if (out / rel).is_file()}
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A finished stage output directory and its manifest."""
@@ -63,7 +80,15 @@ class Artifact:
                 f"stage {self.stage!r} ({self.path}) declares no output {name!r}; "
                 f"it has: {sorted(outputs)}"
             )
-        return self.path / outputs[name]
+        path = self.path / outputs[name]
+        expected = self.manifest.get("output_sha256", {}).get(outputs[name])
+        if expected is not None and file_sha256(path) != expected:
+            raise CorruptArtifactError(
+                f"{path} does not match the sha256 in {self.path / MANIFEST}: the file was changed "
+                f"or damaged after the {self.stage} stage wrote it. Rebuild it with "
+                f"`bertpress run {self.stage} --force` (same --config/--set as before)"
+            )
+        return path
 
     @property
     def metrics(self) -> dict[str, float]:

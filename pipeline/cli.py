@@ -80,6 +80,10 @@ def run(
     from pipeline.runner import Runner  # after validation: nothing heavy before the config is ok
 
     outcomes = Runner(cfg, config).run(stage, force=force)
+    from pipeline import distributed
+
+    if not distributed.is_main():
+        return  # rank 0 reports for everyone
     console.print(outcomes_table(outcomes, f"bertpress {stage}"))
     bench = next((o for o in outcomes if o.name == "benchmark"), None)
     if bench is not None and (bench.path / "benchmark.json").is_file():

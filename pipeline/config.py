@@ -76,6 +76,12 @@ class DataConfig(_Section):
     max_length: int = Field(128, ge=8, le=512, description="Tokens per example after truncation.")
     max_train_samples: int | None = Field(None, ge=2, description="Subsample train (debug, CI).")
     max_eval_samples: int | None = Field(None, ge=2, description="Subsample validation and test.")
+    bad_rows: Literal["drop", "fail"] = Field(
+        "drop", description="Rows with an empty/whitespace-only text, a missing label, or a text far "
+        "beyond max_length: drop them (counted in the data report and log) or fail the run.")
+    long_text_factor: float | None = Field(
+        4.0, gt=1, description="A text longer than this many times max_length tokens counts as a bad "
+        "row (a document where a sentence was expected); null = never.")
 
     @model_validator(mode="after")
     def _source_fields(self) -> DataConfig:
@@ -133,6 +139,11 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     logging_steps: int = Field(10, ge=1, description="Train loss is logged every N steps.")
     max_steps: int = Field(-1, description="Stop after N optimizer steps (-1 = use epochs).")
+    checkpoint_steps: int | None = Field(
+        None, ge=1,
+        description="Evaluate and save a resumable checkpoint every N optimizer steps (a killed "
+        "run resumes from the last one); null = once per epoch.",
+    )
 
 
 class FinetuneConfig(TrainConfig):

@@ -68,3 +68,16 @@ def stage_lock(stage_dir: Path, stage: str, key: str, mode: str = "wait",
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Block until this process alone holds `path` (for short critical sections, e.g. creating the
+    sqlite tracking database, whose schema migration two processes must not run at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

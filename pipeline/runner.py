@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -13,10 +14,17 @@ from typing import Any
 
 import yaml
 
-from pipeline import __version__
-from pipeline.cache import Artifact, ArtifactStore, stage_key
+from pipeline import __version__, distributed
+from pipeline.cache import (
+    Artifact,
+    ArtifactStore,
+    CorruptArtifactError,
+    output_checksums,
+    stage_key,
+)
 from pipeline.config import PipelineConfig
-from pipeline.locks import stage_lock
+from pipeline.locks import exclusive, stage_lock
+from pipeline.preflight import preflight
 from pipeline.registry import STAGES, closure
 from pipeline.stage import StageContext, StageError, StageSpec
 from pipeline.tracking import Tracker, check_reachable, local_tracking_uri, resolve_tracking_uri
@@ -126,6 +134,10 @@ class Runner:
                 "mlflow-server`), fix MLFLOW_TRACKING_URI / runtime.tracking_uri, or set "
                 "runtime.tracking_fallback=true to log to the local store in the artifacts directory"
             )
+        if uri.startswith("sqlite:///"):
+            # Two first runs at once would both migrate a new database: one at a time.
+            with exclusive(Path(uri.removeprefix("sqlite:///")).with_suffix(".init.lock")):
+                return Tracker(uri, experiment=self.cfg.project.name)
         return Tracker(uri, experiment=self.cfg.project.name)
 
     def run(self, target: str = "all", force: bool = False) -> list[StageOutcome]:
@@ -133,6 +145,14 @@ class Runner:
         planned = plan(self.cfg, self.store)
         forced = {spec.name for spec in selected} if target == "all" else {target}
         forced = forced if force else set()
+        will_run = {s.name for s in selected if planned[s.name].artifact is None or s.name in forced}
+        if distributed.world_size() > 1:
+            if self.cfg.distill.search.enabled and "distill" in will_run:
+                raise StageError("distill.search runs its trials in one process; run the search "
+                                 "without torchrun, then train the chosen settings with it")
+            if not distributed.is_main():
+                return self._follow(selected, planned, will_run)
+        preflight(self.cfg, will_run)  # before any work, and before touching the tracking store
         tracker = self.tracker()
         log.info("tracking to %s (experiment %r)", tracker.tracking_uri, self.cfg.project.name)
         outcomes: list[StageOutcome] = []
@@ -162,6 +182,27 @@ class Runner:
                 | {"time/total_s": sum(o.seconds for o in outcomes)}
             )
         return outcomes
+
+    def _follow(self, selected, planned: dict[str, PlannedStage], will_run: set[str]) -> list[StageOutcome]:
+        """Ranks other than 0: train alongside rank 0 (DDP), write and log nothing."""
+        for spec in selected:
+            if spec.name not in distributed.TRAINING_STAGES or spec.name not in will_run:
+                continue
+            inputs = {
+                name: distributed.wait_for(lambda name=name: self.store.get(name, planned[name].key), name)
+                for name in spec.upstream
+            }
+            private = distributed.private_dir(self.store.root, spec.name, planned[spec.name].key)
+            log.info("[%s] rank %d training alongside rank 0", spec.name, distributed.rank())
+            try:
+                spec.run(StageContext(
+                    cfg=self.cfg, name=spec.name, key=planned[spec.name].key, out=private, inputs=inputs,
+                    tracker=distributed.NullTracker(), log=logging.getLogger(f"bertpress.{spec.name}"),
+                    scratch=self.store.scratch(spec.name, planned[spec.name].key),
+                ))
+            finally:
+                shutil.rmtree(private, ignore_errors=True)
+        return []
 
     def _replay(self, tracker: Tracker, item: PlannedStage) -> StageOutcome:
         start = time.perf_counter()
@@ -209,9 +250,11 @@ class Runner:
                     "inputs": {n: {"key": a.key, "path": str(a.path)} for n, a in inputs.items()},
                     "metrics": result.metrics,
                     "outputs": result.outputs,
+                    "output_sha256": output_checksums(tmp, result.outputs),
                     "info": result.info,
                     "mlflow_run_id": run_id,
                     "seed": self.cfg.project.seed,
+                    "world_size": distributed.world_size(),
                     "versions": library_versions(),
                     "tracking": {"uri": tracker.tracking_uri, "failure": tracker.failure},
                     "wall_time_s": round(seconds, 3),
@@ -221,6 +264,9 @@ class Runner:
                 tracker.log_metrics(result.metrics | {f"time/{spec.name}_s": seconds})
                 tracker.set_tags({"artifact_dir": artifact.path})
                 tracker.log_artifact(artifact.path / "manifest.json")
+        except CorruptArtifactError as exc:
+            self.store.abort(tmp)
+            raise StageError(str(exc)) from None
         except BaseException:
             self.store.abort(tmp)
             raise

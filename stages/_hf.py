@@ -60,23 +60,37 @@ def _hub_error(name: str, exc: Exception) -> StageError:
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> BertTokenizerFast:
-    """A BERT-style WordPiece tokenizer trained on the data (for random-weight test models)."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    """A BERT-style WordPiece tokenizer built from the data (for random-weight test models).
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    )
+    Built by hand rather than with tokenizers' WordPieceTrainer, whose tie-breaking varies from
+    run to run (a different vocabulary, hence a different model, from the same data and seed):
+    every character (word-initial and ##continuation, so nothing is [UNK]) plus the most frequent
+    whole words, ties broken alphabetically.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    # Then word endings as ##pieces, as a trained WordPiece vocabulary has: they cover unseen
+    # inflections ("boring" -> "bor" "##ing") where whole words do not.
+    pieces: Counter[str] = Counter()
+    for word, n in counts.items():
+        pieces.update({f"##{word[i:]}": n for i in range(1, len(word) - 1)})
+    known = set(vocab)
+    extra = sorted((p for p in pieces if p not in known), key=lambda p: (-pieces[p], p))
+    vocab += extra[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -16,7 +16,6 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from pipeline.config import RuntimeConfig, TrainConfig
 from pipeline.tracking import Tracker
@@ -35,7 +34,12 @@ def use_cpu(runtime: RuntimeConfig) -> bool:
 
 
 def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path, seed: int) -> TrainingArguments:
+    # Best-model selection needs evaluation and saving on the same schedule.
+    schedule = ({"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": train.checkpoint_steps,
+                 "save_steps": train.checkpoint_steps} if train.checkpoint_steps
+                else {"eval_strategy": "epoch", "save_strategy": "epoch"})
     return TrainingArguments(
+        **schedule,
         output_dir=str(scratch / "checkpoints"),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
@@ -44,8 +48,6 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
         learning_rate=train.learning_rate,
         weight_decay=train.weight_decay,
         warmup_ratio=train.warmup_ratio,
-        eval_strategy="epoch",
-        save_strategy="epoch",
         save_total_limit=2,  # the best and the latest (to resume from)
         load_best_model_at_end=True,
         metric_for_best_model="accuracy",
@@ -90,10 +92,28 @@ def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding
     return DataCollatorWithPadding(tokenizer)  # dynamic padding: pad to the longest in the batch
 
 
+# What a checkpoint needs to resume exactly; the trainer state is written last.
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N with every file a resume needs (a kill during saving leaves a
+    partial one, which is skipped)."""
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in found:
+        if all((path / name).is_file() for name in CHECKPOINT_FILES) and any(path.glob("model*.safetensors")):
+            return str(path)
+        log.warning("skipping incomplete checkpoint %s (interrupted while saving)", path)
+    return None
+
+
 def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset) -> dict[str, float]:
-    """Train (resuming from the last checkpoint in `scratch` if one exists), then score the best
-    model on validation and test."""
-    last = get_last_checkpoint(str(scratch / "checkpoints")) if (scratch / "checkpoints").is_dir() else None
+    """Train (resuming from the last complete checkpoint in `scratch` if one exists), then score
+    the best model on validation and test."""
+    last = last_complete_checkpoint(scratch / "checkpoints")
     if last:
         log.info("resuming from checkpoint %s", last)
     result = trainer.train(resume_from_checkpoint=last)

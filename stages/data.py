@@ -116,20 +116,34 @@ def _load_hub(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], list[str] | Non
 # Cleaning and splitting
 
 
-def _clean(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    before = len(frame)
-    frame = frame.dropna(subset=[TEXT, LABEL]).copy()
+def _bad_rows_error(split: str, what: str, rows: list[int]) -> StageError:
+    shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+    return StageError(
+        f"the {split} split has {len(rows)} row(s) with {what} (data rows {shown}, 0-based, header "
+        "not counted); fix the data, or set data.bad_rows=drop to drop such rows with a count"
+    )
+
+
+def _clean(frame: pd.DataFrame, split: str = "train", policy: str = "drop") -> tuple[pd.DataFrame, dict[str, int]]:
+    no_label = frame[LABEL].isna() | (frame[LABEL].astype(str).str.strip() == "")
+    blank = frame[TEXT].isna() | (frame[TEXT].astype(str).str.strip() == "")
+    if policy == "fail":
+        if blank.any():
+            raise _bad_rows_error(split, "an empty or whitespace-only text", frame.index[blank].tolist())
+        if no_label.any():
+            raise _bad_rows_error(split, "a missing label", frame.index[no_label].tolist())
+    frame = frame[~(blank | no_label)].copy()
     frame[TEXT] = frame[TEXT].astype(str).str.strip()
     # A blank label cell makes pandas read integer labels as floats; restore 0.0 -> 0.
     if frame[LABEL].dtype.kind == "f" and (frame[LABEL] % 1 == 0).all():
         frame[LABEL] = frame[LABEL].astype(int)
-    frame = frame[frame[TEXT] != ""]
-    after_empty = len(frame)
+    kept = len(frame)
     keys = [TEXT, PAIR] if PAIR in frame else [TEXT]
     frame = frame.drop_duplicates(subset=keys)
     return frame.reset_index(drop=True), {
-        "dropped_empty": before - after_empty,
-        "dropped_duplicates": after_empty - len(frame),
+        "dropped_empty": int((blank & ~no_label).sum()),
+        "dropped_missing_label": int(no_label.sum()),
+        "dropped_duplicates": kept - len(frame),
     }
 
 
@@ -191,8 +205,9 @@ def _split(
     return result
 
 
-def load_splits(cfg: PipelineConfig) -> DatasetDict:
-    """Load, clean and split the configured data (no tokenization)."""
+def load_splits(cfg: PipelineConfig, cleaning: dict | None = None) -> DatasetDict:
+    """Load, clean and split the configured data (no tokenization); per-split drop counts go
+    into `cleaning` when given."""
     data = cfg.data
     hub_names = None
     if data.source == "builtin":
@@ -203,24 +218,62 @@ def load_splits(cfg: PipelineConfig) -> DatasetDict:
         frames, hub_names = _load_hub(data)
     cleaned = {}
     for split, frame in frames.items():
-        cleaned[split], _ = _clean(frame)
+        if frame.empty:
+            raise StageError(f"the {split} split has no rows; check the file behind it")
+        cleaned[split], counts = _clean(frame, split, data.bad_rows)
+        if cleaning is not None:
+            cleaning[split] = counts
         if cleaned[split].empty:
-            raise StageError(f"the {split} split is empty after dropping empty texts")
+            raise StageError(f"the {split} split is empty after dropping empty texts and missing labels")
     names = _label_names(cleaned, hub_names)
     if len(names) < 2:
-        raise StageError(f"only one label ({names}) in the data: classification needs two or more")
+        raise StageError(f"the train split has only one label ({names}): classification needs two or "
+                         "more; check data.label_column and that the train file holds every class")
     return _split(cleaned, names, data, cfg.project.seed)
 
 
 # --------------------------------------------------------------------------------------------
 
 
+def drop_far_too_long(splits: DatasetDict, tokenizer, cfg: PipelineConfig, cleaning: dict, log) -> DatasetDict:
+    """Texts far beyond max_length (documents where sentences were expected): drop or fail."""
+    factor = cfg.data.long_text_factor
+    if factor is None:
+        return splits
+    limit = int(factor * cfg.data.max_length)
+    kept = {}
+    for split, ds in splits.items():
+        lengths = [len(ids) for ids in tokenizer(list(ds[TEXT]), add_special_tokens=False)["input_ids"]]
+        far = [i for i, n in enumerate(lengths) if n > limit]
+        cleaning.setdefault(split, {})["dropped_too_long"] = len(far)
+        if far and cfg.data.bad_rows == "fail":
+            raise StageError(
+                f"the {split} split has {len(far)} text(s) longer than {limit} tokens "
+                f"({factor:g} x data.max_length {cfg.data.max_length}; the longest has {max(lengths)}), "
+                f"e.g. {ds[far[0]][TEXT][:80]!r}...; raise data.max_length (up to 512), split long "
+                "documents, raise data.long_text_factor, or set data.bad_rows=drop"
+            )
+        if far:
+            log.warning("%s: dropping %d text(s) longer than %d tokens (data.long_text_factor)", split, len(far), limit)
+            far_set = set(far)
+            ds = ds.select([i for i in range(len(ds)) if i not in far_set])
+            if len(ds) == 0:
+                raise StageError(f"every text of the {split} split is longer than {limit} tokens")
+        kept[split] = ds
+    return DatasetDict(kept)
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
-    splits = load_splits(cfg)
+    cleaning: dict[str, dict[str, int]] = {}
+    splits = load_splits(cfg, cleaning)
     names = splits["train"].features[LABEL].names
     tokenizer = build_tokenizer(cfg.teacher, splits["train"][TEXT])
     tokenizer.save_pretrained(ctx.out / "tokenizer")
+    splits = drop_far_too_long(splits, tokenizer, cfg, cleaning, ctx.log)
+    dropped = {s: {k: v for k, v in c.items() if v} for s, c in cleaning.items()}
+    if any(dropped.values()):
+        ctx.log.warning("rows dropped (data.bad_rows=drop): %s", {s: c for s, c in dropped.items() if c})
 
     def tokenize(batch):
         pair = batch.get(PAIR)
@@ -244,6 +297,7 @@ def run(ctx: StageContext) -> StageResult:
         "class_counts": counts,
         "num_labels": len(names),
         "id2label": id2label,
+        "cleaning": cleaning,
     }
     save_json(ctx.out / "data_report.json", report)
     ctx.tracker.log_artifact(ctx.out / "data_report.json")
@@ -253,9 +307,10 @@ def run(ctx: StageContext) -> StageResult:
         "data/num_labels": float(len(names)),
         "data/train_truncated_fraction": truncated / max(len(lengths), 1),
         "data/train_mean_tokens": sum(lengths) / max(len(lengths), 1),
+        "data/dropped_rows": float(sum(v for c in cleaning.values() for k, v in c.items() if k != "dropped_duplicates")),
     }
     return StageResult(
         metrics=metrics,
         outputs={"dataset": "dataset", "tokenizer": "tokenizer", "labels": "labels.json"},
-        info={"class_counts": counts, "id2label": id2label},
+        info={"class_counts": counts, "id2label": id2label, "cleaning": cleaning},
     )

@@ -11,6 +11,8 @@ Writes: model/ (student weights, config, tokenizer), metrics.json.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, Trainer, set_seed
@@ -68,6 +70,21 @@ class DistillationTrainer(Trainer):
             s_width, t_width = self.model.config.hidden_size, self.teacher.config.hidden_size
             if self.intermediate.hidden_weight > 0 and s_width != t_width:
                 self.projection = torch.nn.Linear(s_width, t_width).to(self.args.device)
+
+    # The projection is trained with the student but is not part of it: checkpoints carry it
+    # separately (written before the trainer state, which marks a checkpoint complete).
+    def _save_checkpoint(self, model, trial):
+        if self.projection is not None:
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(self.projection.state_dict(), folder / "projection.pt")
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = Path(resume_from_checkpoint) / "projection.pt"
+        if self.projection is not None and saved.is_file():
+            self.projection.load_state_dict(torch.load(saved, map_location=self.args.device))
 
     def create_optimizer(self):
         optimizer = super().create_optimizer()

@@ -447,3 +447,65 @@ def test_shrink_out_of_range(tiny_bert, keep: list[int]) -> None:
 def test_shrink_negative_index(tiny_bert) -> None:
     with pytest.raises(StageError):
         shrink_by_layers(tiny_bert, [0, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The bad-rows policy: drop with a count, or fail naming the rows
+
+
+def test_bad_rows_are_counted_when_dropped(tmp_path: Path) -> None:
+    data = pd.concat([frame(40, ["x", "y"]),
+                      pd.DataFrame({"text": ["", "  ", "has no label"], "label": ["x", "y", None]})])
+    path = tmp_path / "dirty.csv"
+    data.to_csv(path, index=False)
+    cleaning: dict = {}
+    splits = load_splits(files_cfg(path), cleaning)
+    assert sum(len(s) for s in splits.values()) == 40
+    assert cleaning["train"] == {"dropped_empty": 2, "dropped_missing_label": 1, "dropped_duplicates": 0}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"text": ["fine text", "   "], "label": ["x", "y"]}, r"1 row\(s\) with an empty or whitespace-only text \(data rows 41"),
+    ({"text": ["fine text", "no label"], "label": ["x", None]}, r"1 row\(s\) with a missing label \(data rows 41"),
+])
+def test_bad_rows_fail_the_run_when_asked(tmp_path: Path, extra: dict, message: str) -> None:
+    path = tmp_path / "dirty.csv"
+    pd.concat([frame(40, ["x", "y"]), pd.DataFrame(extra)]).to_csv(path, index=False)
+    with pytest.raises(StageError, match=message) as err:
+        load_splits(files_cfg(path, bad_rows="fail"))
+    assert "data.bad_rows=drop" in str(err.value)
+
+
+def test_an_empty_split_file_is_named(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    frame(40, ["x", "y"]).to_csv(train, index=False)
+    test.write_text("text,label\n")
+    with pytest.raises(StageError, match="the test split has no rows"):
+        load_splits(files_cfg(train, test=test))
+
+
+def test_a_single_class_train_split_is_refused(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    frame(40, ["x"]).to_csv(train, index=False)
+    frame(10, ["x", "y"]).to_csv(test, index=False)
+    with pytest.raises(StageError, match=r"the train split has only one label \(\['x'\]\)"):
+        load_splits(files_cfg(train, test=test))
+
+
+def test_texts_far_beyond_max_length_are_dropped_or_fail(tmp_path: Path) -> None:
+    from stages.data import drop_far_too_long
+
+    data = frame(40, ["x", "y"])
+    data.loc[3, "text"] = "word " * 200  # ~200 tokens against max_length 16 x factor 4 = 64
+    path = tmp_path / "long.csv"
+    data.to_csv(path, index=False)
+    tokenizer = train_wordpiece_tokenizer(list(data["text"]), vocab_size=200)
+    cfg = files_cfg(path, max_length=16)
+    splits = load_splits(cfg)
+    cleaning: dict = {}
+    kept = drop_far_too_long(splits, tokenizer, cfg, cleaning, __import__("logging").getLogger("t"))
+    assert sum(c["dropped_too_long"] for c in cleaning.values()) == 1
+    assert sum(len(s) for s in kept.values()) == 39
+    strict = files_cfg(path, max_length=16, bad_rows="fail")
+    with pytest.raises(StageError, match=r"longer than 64 tokens \(4 x data.max_length 16; the longest has 200\)"):
+        drop_far_too_long(load_splits(strict), tokenizer, strict, {}, None)

@@ -1,0 +1,95 @@
+"""kill -9 in the middle of training, then a rerun: it resumes from the last checkpoint (not from
+scratch) and ends with the model an uninterrupted run makes. A kill in an ONNX stage leaves no
+directory that looks finished, and earlier stages are untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import CLI, REPO_ROOT, cli_status, run_cli
+
+TRAIN = ("--set", "finetune.epochs=12", "--set", "finetune.checkpoint_steps=20")
+
+
+def cli_args(root: Path, *args: str) -> list[str]:
+    return [*CLI, *args, "--config", "configs/tiny.yaml", "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
+            "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+
+
+def checkpoints(folder: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"finished before it could be killed:\n{proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the moment to kill")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def finished(root: Path, stage: str) -> list[Path]:
+    return [p for p in (root / "artifacts" / stage).glob("*") if (p / "manifest.json").is_file()]
+
+
+def test_kill_9_during_finetune_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    start = time.monotonic()
+    run_cli("run", "finetune", *TRAIN, root=whole)
+    uninterrupted_s = time.monotonic() - start
+
+    run_cli("run", "data", *TRAIN, root=broken)
+    key = cli_status(broken, *TRAIN)["finetune"]["key"]
+    scratch = broken / "artifacts" / "finetune" / f".work-{key}" / "checkpoints"
+    start = time.monotonic()
+    proc = subprocess.Popen(cli_args(broken, "run", "finetune", *TRAIN), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_when(proc, lambda: any(step >= 100 for step in checkpoints(scratch)))
+    killed_at = max(checkpoints(scratch))
+    assert not finished(broken, "finetune")  # nothing that looks done
+    resumed = run_cli("run", "finetune", *TRAIN, root=broken)
+    interrupted_s = time.monotonic() - start
+    log = " ".join(resumed.stderr.split())
+    assert "resuming from checkpoint" in log and f"checkpoint-{killed_at}" in log
+
+    a, b = (json.loads((finished(r, "finetune")[0] / "manifest.json").read_text()) for r in (whole, broken))
+    assert a["key"] == b["key"]
+    for metric in ("eval/accuracy", "test/accuracy", "test/macro_f1"):
+        assert b["metrics"][metric] == pytest.approx(a["metrics"][metric], abs=1e-9), metric
+    wa, wb = (load_file(str(finished(r, "finetune")[0] / "model" / "model.safetensors")) for r in (whole, broken))
+    assert max(float(abs(wa[k] - wb[k]).max()) for k in wa) < 1e-4
+    print(f"\nuninterrupted finetune {uninterrupted_s:.1f}s; killed at step {killed_at}, "
+          f"killed + resumed {interrupted_s:.1f}s")
+    assert not (broken / "artifacts" / "finetune" / f".work-{key}").exists()  # scratch dropped
+
+
+def test_kill_9_during_quantize_leaves_nothing_that_looks_finished(tiny_run, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run, root)
+    before = cli_status(root)
+    stage_dir = root / "artifacts" / "quantize"
+    proc = subprocess.Popen(cli_args(root, "run", "quantize", "--force"), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_when(proc, lambda: any(stage_dir.glob(".tmp-*/candidates/*.onnx")))
+    leftovers = list(stage_dir.glob(".tmp-*"))
+    assert leftovers and not any((p / "manifest.json").exists() for p in leftovers)
+    after = cli_status(root)
+    # The committed outputs (of quantize too: --force swaps only at commit) are untouched.
+    assert {s: r["status"] for s, r in after.items()} == {s: r["status"] for s, r in before.items()}
+    run_cli("run", "quantize", "--force", root=root)  # the rerun clears the interrupted attempt
+    assert not list(stage_dir.glob(".tmp-*"))
