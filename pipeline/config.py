@@ -337,6 +337,10 @@ class QuantizeConfig(_Section):
     calibration_batch_size: int = Field(8, ge=1)
     percentile: float = Field(99.999, gt=90, lt=100, description="For percentile calibration.")
     selection_iterations: int = Field(50, ge=5, description="Batch-1 timings per candidate.")
+    fp16: bool = Field(
+        False, description="Also write an fp16 copy of the fused student for GPUs (CUDA provider, "
+        "run with IO binding); its validation accuracy is checked here, its latency is "
+        "benchmarked only where onnxruntime has the CUDA provider.")
     latency_tie_margin: float = Field(
         0.05, ge=0, le=1,
         description="Passing candidates within this fraction of the fastest p50 count as equally "

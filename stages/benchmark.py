@@ -21,6 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.stage import StageContext, StageResult
+from stages._fp16 import io_bound
 from stages._hf import (
     classification_metrics,
     dir_size_mb,
@@ -34,6 +35,7 @@ from stages._onnx import (
     latency_stats,
     make_session,
     padded_batches,
+    providers,
     real_sentence_latency,
     session_feed,
     time_calls,
@@ -65,11 +67,13 @@ def pytorch_variant(name: str, model_dir: Path, threads: int | None = None) -> V
 
 
 def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path | None = None,
-                 threads: int | None = None) -> Variant:
+                 threads: int | None = None, io_binding: bool = False) -> Variant:
     session = make_session(path, ctx.cfg.runtime, threads=threads)
 
-    def predict(batch: Batch) -> np.ndarray:
+    def run(batch: Batch) -> np.ndarray:
         return session.run(["logits"], session_feed(session, batch))[0]
+
+    predict = io_bound(session) if io_binding else run
 
     provider = session.get_providers()[0].replace("ExecutionProvider", "")
     return Variant(name, f"onnxruntime-{provider.lower()}", path, file_mb(path), predict,
@@ -244,6 +248,11 @@ def run(ctx: StageContext) -> StageResult:
         "student-onnx": lambda t: onnx_variant("student-onnx", export.output("student_best"), ctx, threads=t),
         "student-int8": lambda t: onnx_variant("student-int8", quantize.output("student_int8"), ctx, threads=t),
     }
+    if "student_fp16" in quantize.manifest.get("outputs", {}) and "CUDAExecutionProvider" in providers(cfg.runtime):
+        # fp16 pays only on a GPU: measured there, with IO binding; skipped on CPU-only machines.
+        builders["student-fp16"] = lambda t: onnx_variant(
+            "student-fp16", quantize.output("student_fp16"), ctx, quantize.output("student_fp16_dir"), t,
+            io_binding=True)
     if not bcfg.include_pytorch:
         builders = {n: b for n, b in builders.items() if not n.endswith("pytorch")}
 

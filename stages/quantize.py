@@ -36,6 +36,7 @@ from transformers import AutoTokenizer
 
 from pipeline.config import QuantCandidate
 from pipeline.stage import StageContext, StageError, StageResult
+from stages._fp16 import convert_to_fp16
 from stages._hf import classification_metrics, load_tokenized, save_json
 from stages._onnx import (
     file_mb,
@@ -193,7 +194,25 @@ def run(ctx: StageContext) -> StageResult:
     ctx.log.info("selected %s: validation accuracy %.4f -> %.4f, %.1f -> %.1f MB", chosen,
                  fp32["accuracy"], best["accuracy"], fp32["size_mb"], best["size_mb"])
 
-    metrics = {
+    outputs = {"student_int8": "student_int8/model.onnx", "student_int8_dir": "student_int8",
+               "report": "quantize_report.json"}
+    extra_metrics: dict[str, float] = {}
+    fp16_info: dict = {}
+    if qcfg.fp16:
+        fp16_dir = ctx.out / "student_fp16"
+        fp16_dir.mkdir()
+        for item in out_dir.iterdir():
+            if item.suffix != ".onnx":
+                shutil.copy2(item, fp16_dir / item.name)
+        fp16_info["initializers"] = convert_to_fp16(graphs["fused"], fp16_dir / "model.onnx")
+        scores = evaluate(fp16_dir / "model.onnx", validation, tokenizer, ctx, texts)
+        fp16_info |= {"accuracy": scores["accuracy"], "size_mb": scores["size_mb"]}
+        ctx.log.info("fp16 copy for GPUs: validation accuracy %.4f (fp32 %.4f), %.1f MB", scores["accuracy"],
+                     fp32["accuracy"], scores["size_mb"])
+        extra_metrics = {"val/fp16_accuracy": scores["accuracy"], "model/fp16_size_mb": scores["size_mb"]}
+        outputs |= {"student_fp16": "student_fp16/model.onnx", "student_fp16_dir": "student_fp16"}
+
+    metrics = extra_metrics | {
         "val/fp32_accuracy": fp32["accuracy"], "val/int8_accuracy": best["accuracy"],
         "val/int8_accuracy_drop": best["accuracy_drop"], "model/fp32_size_mb": fp32["size_mb"],
         "model/int8_size_mb": best["size_mb"], "model/size_ratio": best["size_mb"] / fp32["size_mb"],
@@ -205,9 +224,8 @@ def run(ctx: StageContext) -> StageResult:
                         r["latency"]["p50_ms"], f"cand/{name}/size_mb": r["size_mb"]}
     return StageResult(
         metrics=metrics,
-        outputs={"student_int8": "student_int8/model.onnx", "student_int8_dir": "student_int8",
-                 "report": "quantize_report.json"},
-        info={"selected": chosen, "integer_ops": best["integer_ops"],
+        outputs=outputs,
+        info={"selected": chosen, "integer_ops": best["integer_ops"], "fp16": fp16_info,
               "candidates": {n: {k: v for k, v in r.items() if k in ("accuracy", "accuracy_drop", "size_mb", "error")}
                              | ({"p50_ms": r["latency"]["p50_ms"]} if "latency" in r else {})
                              for n, r in results.items()}},

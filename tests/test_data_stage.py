@@ -513,6 +513,6 @@ def test_texts_far_beyond_max_length_are_dropped_or_fail(tmp_path: Path) -> None
 
 def test_non_utf8_file_is_named_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
-    path.write_bytes("text,label\n".encode() + "".join(f"caf\xe9 number {i},{'xy'[i % 2]}\n" for i in range(40)).encode("latin-1"))
+    path.write_bytes(b"text,label\n" + "".join(f"caf\xe9 number {i},{'xy'[i % 2]}\n" for i in range(40)).encode("latin-1"))
     with pytest.raises(StageError, match=r"latin1.csv is not valid UTF-8 .*re-save it as UTF-8"):
         load_splits(files_cfg(path))
