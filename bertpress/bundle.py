@@ -6,15 +6,16 @@
     README.md           the model card
     SHA256SUMS          sha256 of every other file (`sha256sum -c SHA256SUMS` checks it too)
 
-Torch-free: json, hashlib and pathlib only.
+Torch-free: json, pathlib and pipeline.cache's hashing only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from pipeline.cache import file_sha256 as sha256_file
 
 FORMAT = "bertpress-bundle/1"
 MODEL_FILE = "model.onnx"
@@ -26,14 +27,6 @@ CHECKSUMS_FILE = "SHA256SUMS"
 
 class BundleError(ValueError):
     """A bundle that cannot be used: missing, incomplete, corrupted or of an unknown format."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_checksums(bundle: Path) -> dict[str, str]:

@@ -40,19 +40,14 @@ def check_gates(candidate: Measurement, champion: Measurement | None, gates: Gat
             f"test accuracy {candidate.accuracy:.4f} {'>=' if ok else '<'} floor {gates.min_accuracy:.4f}"
             + ("" if ok else f" (short by {(gates.min_accuracy - candidate.accuracy) * 100:.2f} pt)"),
         ))
-    if gates.max_latency_p50_ms is not None:
-        ok = candidate.latency_p50_ms <= gates.max_latency_p50_ms
-        results.append(GateResult(
-            "max_latency_p50_ms", ok, candidate.latency_p50_ms, gates.max_latency_p50_ms,
-            f"p50 {candidate.latency_p50_ms:.3f} ms {'<=' if ok else '>'} ceiling "
-            f"{gates.max_latency_p50_ms:.3f} ms",
-        ))
-    if gates.max_size_mb is not None:
-        ok = candidate.size_mb <= gates.max_size_mb
-        results.append(GateResult(
-            "max_size_mb", ok, candidate.size_mb, gates.max_size_mb,
-            f"model {candidate.size_mb:.3g} MB {'<=' if ok else '>'} ceiling {gates.max_size_mb:.3g} MB",
-        ))
+    for gate, what, value, limit, unit in (
+        ("max_latency_p50_ms", "p50", candidate.latency_p50_ms, gates.max_latency_p50_ms, "ms"),
+        ("max_size_mb", "model", candidate.size_mb, gates.max_size_mb, "MB"),
+    ):
+        if limit is not None:
+            ok = value <= limit
+            results.append(GateResult(gate, ok, value, limit,
+                                      f"{what} {value:.3g} {unit} {'<=' if ok else '>'} ceiling {limit:.3g} {unit}"))
     if champion is None:
         return results
     if gates.max_accuracy_drop is not None:

@@ -21,7 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.gates import GateResult, Measurement, as_dict, check_gates, render_report
 from pipeline.runner import plan
 from pipeline.stage import StageError
-from pipeline.tracking import Tracker, check_reachable, resolve_tracking_uri
+from pipeline.tracking import open_tracker
 
 log = logging.getLogger("bertpress.promote")
 CHAMPION_ALIAS = "champion"
@@ -70,12 +70,8 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
         raise StageError("release.register_model is false for this config: there is no registered "
                          "candidate to promote; set release.register_model: true and rerun `make release`")
     name, version = registered["name"], registered["version"]
-    uri = resolve_tracking_uri(cfg.runtime.tracking_uri, cfg.runtime.artifacts_dir)
-    problem = check_reachable(uri)
-    if problem:
-        raise StageError(f"the model registry at {uri} is unusable: {problem}; promotion needs it "
-                         "(start the server, or fix MLFLOW_TRACKING_URI)")
-    tracker = Tracker(uri, experiment=cfg.project.name)
+    # No fallback: promotion is about the registry the candidate was registered in.
+    tracker = open_tracker(cfg.runtime, cfg.project.name, fallback=False, purpose="model registry")
     if tracker.tracking_uri != registered["tracking_uri"]:
         raise StageError(f"the candidate was registered at {registered['tracking_uri']} but tracking "
                          f"now points at {tracker.tracking_uri}; promote against the same server "

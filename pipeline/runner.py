@@ -23,11 +23,11 @@ from pipeline.cache import (
     stage_key,
 )
 from pipeline.config import PipelineConfig
-from pipeline.locks import exclusive, stage_lock
+from pipeline.locks import stage_lock
 from pipeline.preflight import preflight
 from pipeline.registry import STAGES, closure
 from pipeline.stage import StageContext, StageError, StageSpec
-from pipeline.tracking import Tracker, check_reachable, local_tracking_uri, resolve_tracking_uri
+from pipeline.tracking import Tracker, open_tracker
 
 log = logging.getLogger("bertpress")
 
@@ -120,25 +120,7 @@ class Runner:
         self.store = ArtifactStore(cfg.runtime.artifacts_dir)
 
     def tracker(self) -> Tracker:
-        runtime = self.cfg.runtime
-        uri = resolve_tracking_uri(runtime.tracking_uri, runtime.artifacts_dir)
-        problem = check_reachable(uri)
-        if problem and runtime.tracking_fallback:
-            local = local_tracking_uri(runtime.artifacts_dir)
-            log.warning("tracking store %s is unusable (%s); runtime.tracking_fallback is on, so this "
-                        "run logs to %s instead", uri, problem, local)
-            uri = local
-        elif problem:
-            raise StageError(
-                f"the MLflow tracking store {uri} is unusable: {problem}. Start it (`make "
-                "mlflow-server`), fix MLFLOW_TRACKING_URI / runtime.tracking_uri, or set "
-                "runtime.tracking_fallback=true to log to the local store in the artifacts directory"
-            )
-        if uri.startswith("sqlite:///"):
-            # Two first runs at once would both migrate a new database: one at a time.
-            with exclusive(Path(uri.removeprefix("sqlite:///")).with_suffix(".init.lock")):
-                return Tracker(uri, experiment=self.cfg.project.name)
-        return Tracker(uri, experiment=self.cfg.project.name)
+        return open_tracker(self.cfg.runtime, self.cfg.project.name)
 
     def run(self, target: str = "all", force: bool = False) -> list[StageOutcome]:
         selected = closure(target)

@@ -219,3 +219,30 @@ class Tracker:
         client = self._mlflow.MlflowClient()
         for key, value in tags.items():
             client.set_model_version_tag(registered_name, version, key, str(value))
+
+
+def open_tracker(runtime, experiment: str, fallback: bool | None = None, purpose: str = "tracking") -> Tracker:
+    """The tracker for `runtime`, its store checked first: unusable -> a StageError naming the fix,
+    or (fallback, default runtime.tracking_fallback) the local sqlite store, said in the log."""
+    from pipeline.locks import exclusive
+    from pipeline.stage import StageError
+
+    uri = resolve_tracking_uri(runtime.tracking_uri, runtime.artifacts_dir)
+    problem = check_reachable(uri)
+    if problem and (runtime.tracking_fallback if fallback is None else fallback):
+        local = local_tracking_uri(runtime.artifacts_dir)
+        log.warning("tracking store %s is unusable (%s); runtime.tracking_fallback is on, so this "
+                    "run logs to %s instead", uri, problem, local)
+        uri = local
+    elif problem:
+        raise StageError(
+            f"the MLflow {purpose} store {uri} is unusable: {problem}. Start it (`make "
+            "mlflow-server`), fix MLFLOW_TRACKING_URI / runtime.tracking_uri"
+            + (", or set runtime.tracking_fallback=true to log to the local store in the artifacts "
+               "directory" if fallback is None else "")
+        )
+    if uri.startswith("sqlite:///"):
+        # Two first runs at once would both migrate a new database: one at a time.
+        with exclusive(Path(uri.removeprefix("sqlite:///")).with_suffix(".init.lock")):
+            return Tracker(uri, experiment=experiment)
+    return Tracker(uri, experiment=experiment)

@@ -162,9 +162,8 @@ def check_tokenization(model: Model, tokenizer_dir: Path, texts: list[str], max_
             )
 
 
-def example_inputs(bundle_dir: Path, texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def example_inputs(model: Model, texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A real tokenized example and the model's outputs on it: the registry signature."""
-    model = Model(bundle_dir)
     feed = model._encode(texts)
     names = [o.name for o in model.session.get_outputs()]
     return feed, dict(zip(names, model.session.run(names, feed), strict=True))
@@ -203,7 +202,7 @@ def run(ctx: StageContext) -> StageResult:
     ctx.tracker.log_artifact(bundle_dir, BUNDLE_ARTIFACT_PATH)
     if cfg.release.register_model:
         name = cfg.registered_model_name
-        feed, outputs = example_inputs(bundle_dir, list(test["text"][:2]))
+        feed, outputs = example_inputs(runtime_model, texts[:2])
         run_id = ctx.tracker.active_run_id()
         version = ctx.tracker.register_onnx_model(
             bundle_dir / bundle_format.MODEL_FILE, name, feed, outputs,

@@ -102,3 +102,31 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run) -> Path:
     return Path(cli_status(tiny_run)["release"]["path"]) / "bundle"
+
+
+# -- servers started by tests ------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Poll `url` until it answers; fail the test with the server's output if it dies or hangs."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                output = proc.stdout.read() if proc.stdout else ""
+                pytest.fail(f"server behind {url} did not start:\n{output[-3000:]}")
+            time.sleep(0.2)

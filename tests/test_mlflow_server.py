@@ -5,27 +5,18 @@ MLflow client and by `bertpress predict models:/...`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from bertpress.runtime import Model
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, free_port, run_cli, wait_until_serving
 
 NAME = "bertpress-tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +31,7 @@ def mlflow_server(tmp_path_factory):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start:\n{proc.stdout.read()[-3000:]}")
-            time.sleep(0.5)
+    wait_until_serving(f"{uri}/health", proc, timeout_s=120)
     yield uri, root
     proc.terminate()
     try:
@@ -86,7 +68,7 @@ def test_pipeline_release_and_promotion_through_a_tracking_server(mlflow_server,
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "predict", f"models:/{NAME}@champion", "an utterly wonderful film"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": uri, "BERTPRESS_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "BERTPRESS_CACHE": str(tmp_path / "cache")},
     )
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)

@@ -4,24 +4,17 @@ run falls back to the local store and says so); a logging failure mid-run loses 
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 from pipeline.tracking import Tracker, check_reachable
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 def test_unreachable_server_fails_fast_before_any_work(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     proc = run_cli("run", "data", root=tmp_path, env={"MLFLOW_TRACKING_URI": uri}, check=False)
     assert proc.returncode == 1
@@ -33,7 +26,7 @@ def test_unreachable_server_fails_fast_before_any_work(tmp_path):
 
 
 def test_fallback_logs_locally_and_says_so(tmp_path):
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     proc = run_cli("run", "data", "--set", "runtime.tracking_fallback=true", root=tmp_path,
                    env={"MLFLOW_TRACKING_URI": uri})
     assert "tracking_fallback is on, so this run logs to sqlite:///" in " ".join(proc.stderr.split())
