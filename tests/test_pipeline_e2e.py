@@ -264,3 +264,23 @@ def test_narrower_student_with_layer_losses(tiny, first_status):
     assert (config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]) == (16, 2, 2)
     export = status(tiny, *overrides)["export"]
     assert export["status"] == "done" and export["metrics"]["student/fused_max_abs_diff"] < 1e-4
+
+
+def test_vocabulary_budget_student_reads_its_own_pieces(tiny, first_status):
+    # A budget below what the domain uses: rarer words split into smaller pieces, the teacher's
+    # logits come precomputed on its own pieces, and every later stage reads the student's tokenizer.
+    overrides = ("--set", "distill.trim_vocab.max_tokens=90", "--set", "distill.intermediate.hidden_weight=0",
+                 "--set", "distill.intermediate.attention_weight=0", "--set", "distill.augment.enabled=true")
+    bertpress("run", "export", *overrides, root=tiny)
+    rows = status(tiny, *overrides)
+    path = Path(rows["distill"]["path"])
+    manifest = json.loads((path / "manifest.json").read_text())
+    report = manifest["info"]["trim_vocab"]
+    assert report["kept"] == 90 < report["original"]
+    assert report["validation"]["changed_share"] > 0 and report["validation"]["new_unknown_tokens"] == 0
+    config = json.loads((path / "model" / "config.json").read_text())
+    vocab = json.loads((path / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert config["vocab_size"] == len(vocab) == 90
+    assert manifest["metrics"]["vocab/trimmed_size"] == 90
+    assert manifest["metrics"]["test/accuracy"] > 0.6
+    assert rows["export"]["metrics"]["student/fused_max_abs_diff"] < 1e-4  # parity through its tokenizer

@@ -73,3 +73,57 @@ def test_trimmed_tokenizer_round_trips(model_and_tokenizer, texts, tmp_path):
     assert reloaded(sample)["input_ids"] == result.tokenizer(sample)["input_ids"]
     first = reloaded(sample[0])["input_ids"]
     assert first[0] == reloaded.cls_token_id and first[-1] == reloaded.sep_token_id
+
+
+# -- a vocabulary budget (cut before training; rarer words split into smaller pieces) -------------
+
+
+def test_budget_keeps_specials_characters_and_the_most_frequent_pieces(model_and_tokenizer, texts):
+    from collections import Counter
+
+    from stages._vocab import budget_token_ids, character_ids
+
+    _, tokenizer = model_and_tokenizer
+    counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+    must = set(tokenizer.all_special_ids) | character_ids(tokenizer, texts)
+    budget = len(must) + 10
+    kept = budget_token_ids(tokenizer, texts, budget)
+    assert len(kept) == budget and kept == sorted(kept)
+    assert must <= set(kept)
+    others = sorted((i for i in counts if i not in must), key=lambda i: (-counts[i], i))
+    assert set(kept) - must == set(others[:10])  # exactly the ten most frequent of the rest
+    assert budget_token_ids(tokenizer, list(reversed(texts)), budget) == kept  # order-independent
+
+
+def test_budget_below_the_characters_names_the_minimum(model_and_tokenizer, texts):
+    from pipeline.stage import StageError
+    from stages._vocab import budget_token_ids
+
+    _, tokenizer = model_and_tokenizer
+    with pytest.raises(StageError, match=r"raise it to at least \d+"):
+        budget_token_ids(tokenizer, texts, 10)
+
+
+def test_budget_splits_rare_words_without_unknown_tokens(model_and_tokenizer, texts):
+    from stages._vocab import (
+        budget_token_ids,
+        character_ids,
+        retokenization,
+        trim_embeddings,
+        trim_tokenizer,
+    )
+
+    model, tokenizer = model_and_tokenizer
+    budget = len(set(tokenizer.all_special_ids) | character_ids(tokenizer, texts)) + 20
+    kept = budget_token_ids(tokenizer, texts, budget)
+    small = trim_tokenizer(tokenizer, kept)
+    report = retokenization(tokenizer, small, texts[:100], max_length=64)
+    assert 0 < report["changed_share"] <= 1
+    assert report["tokens_per_text_after"] > report["tokens_per_text_before"]  # rare words split
+    assert report["new_unknown_tokens"] == 0
+    # the pieces of a kept token keep their embedding row
+    old = model.get_input_embeddings().weight.detach().clone()
+    trim_embeddings(model, kept, small.pad_token_id)
+    assert model.get_input_embeddings().weight.shape[0] == len(small) == budget
+    token = max(kept)
+    assert (model.get_input_embeddings().weight[kept.index(token)] == old[token]).all()

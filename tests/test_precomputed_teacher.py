@@ -1,0 +1,50 @@
+"""Distillation with the teacher's logits computed once (a budget-trimmed student reads other
+pieces than its teacher): the loss equals the on-the-fly one, and the column survives the Trainer."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+from stages._hf import train_wordpiece_tokenizer
+from stages._train import make_collator
+from stages.distill import TEACHER_LOGITS, DistillationTrainer, teacher_logits
+
+DATA = Path(__file__).parent / "data" / "tiny_reviews.csv"
+
+
+def _tiny(vocab: int, seed: int) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        num_labels=3)).eval()
+
+
+def test_precomputed_teacher_logits_give_the_same_loss(tmp_path):
+    with DATA.open() as fh:
+        rows = list(csv.DictReader(fh))[:40]
+    tokenizer = train_wordpiece_tokenizer([r["review"] for r in rows], 300)
+    enc = tokenizer([r["review"] for r in rows], truncation=True, max_length=32)
+    ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                            "token_type_ids": enc["token_type_ids"], "labels": [i % 3 for i in range(len(rows))]})
+    teacher, student = _tiny(len(tokenizer), 0), _tiny(len(tokenizer), 1)
+    logits = teacher_logits(teacher, tokenizer, ds, "test")
+    # batched by length, padded: the same numbers as each text alone
+    alone = teacher(**{k: torch.tensor([enc[k][7]]) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    np.testing.assert_allclose(logits[7], alone.logits[0].detach().numpy(), atol=1e-5)
+
+    with_column = ds.add_column(TEACHER_LOGITS, logits.tolist())
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_eval_batch_size=8)
+    trainer = DistillationTrainer(model=student, teacher=teacher, temperature=2.0, alpha=0.3, args=args,
+                                  data_collator=make_collator(tokenizer), processing_class=tokenizer)
+    on_the_fly = trainer.evaluate(ds)["eval_loss"]
+    precomputed = trainer.evaluate(with_column)["eval_loss"]  # the column is not dropped as unused
+    assert abs(on_the_fly - precomputed) < 1e-5
+    # and it is really used: wrong soft targets give another loss
+    shifted = ds.add_column(TEACHER_LOGITS, (logits + np.array([5.0, 0.0, -5.0], dtype=np.float32)).tolist())
+    assert abs(trainer.evaluate(shifted)["eval_loss"] - on_the_fly) > 1e-3
