@@ -29,8 +29,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pret
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
+DEFAULT_CONFIG = Path("configs") / "default.yaml"
+
+
+def _default_config(value: Path | None) -> Path | None:
+    """No --config: the checkout's configs/default.yaml (what `make` runs), else built-in defaults."""
+    if value is None and DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG
+    return value
+
+
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config (configs/*.yaml).")
+    Path | None,
+    typer.Option("--config", "-c", callback=_default_config,
+                 help="YAML config (configs/*.yaml). Default: configs/default.yaml when it exists "
+                 "under the working directory, else the built-in defaults."),
 ]
 SetOpt = Annotated[
     list[str] | None,

@@ -468,3 +468,15 @@ def test_extends_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "b.yaml")
+
+
+def test_cli_without_config_uses_the_checkouts_default_yaml(tmp_path: Path) -> None:
+    proc = _bertpress("validate")  # from the repo root, like `make`
+    assert proc.returncode == 0, proc.stderr
+    assert "configs/default.yaml is valid" in proc.stdout
+    assert "max_tokens: 7000" in proc.stdout
+    elsewhere = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_COLOR": "1"})
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "(defaults) is valid" in elsewhere.stdout
