@@ -6,16 +6,17 @@
     README.md           the model card
     SHA256SUMS          sha256 of every other file (`sha256sum -c SHA256SUMS` checks it too)
 
-Torch-free: json, pathlib and pipeline.cache's hashing only.
+Torch-free: the standard library only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import file_sha256 as sha256_file
+from bertpress.errors import BundleError
 
 FORMAT = "bertpress-bundle/1"
 MODEL_FILE = "model.onnx"
@@ -25,14 +26,22 @@ CARD_FILE = "README.md"
 CHECKSUMS_FILE = "SHA256SUMS"
 
 
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing, incomplete, corrupted or of an unknown format."""
+__all__ = ["BundleError", "file_sha256", "read_metadata", "verify", "write_checksums"]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (the one hashing helper of the project)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_checksums(bundle: Path) -> dict[str, str]:
     """Hash every file in the bundle (written last: it seals the bundle)."""
     sums = {
-        str(path.relative_to(bundle)): sha256_file(path)
+        str(path.relative_to(bundle)): file_sha256(path)
         for path in sorted(bundle.rglob("*"))
         if path.is_file() and path.name != CHECKSUMS_FILE
     }
@@ -60,7 +69,7 @@ def verify(bundle: Path) -> None:
         path = bundle / name
         if not path.is_file():
             raise BundleError(f"bundle file {path} is missing (listed in {CHECKSUMS_FILE})")
-        if sha256_file(path) != expected:
+        if file_sha256(path) != expected:
             raise BundleError(f"bundle file {path} does not match its sha256 in {CHECKSUMS_FILE}: "
                               "the bundle is corrupted or was edited; copy it again from the release")
 

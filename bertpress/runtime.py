@@ -23,8 +23,9 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from bertpress import bundle as bundle_format
-from bertpress.bundle import BundleError
 from bertpress.embeddings import EMBEDDING_KINDS, l2_normalize, mean_pool
+from bertpress.errors import BundleError, InputError
+from bertpress.tasks import head_for, task_name
 
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 BUNDLE_ARTIFACT_PATH = "bundle"  # where the release stage logs the bundle in its MLflow run
@@ -97,13 +98,14 @@ def available_providers(device: str = "auto") -> list[str]:
     if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         chosen.append("CUDAExecutionProvider")
     if device == "cuda" and not chosen:
-        raise RuntimeError("device 'cuda' asked for, but onnxruntime has no CUDA provider "
+        raise InputError("device 'cuda' asked for, but onnxruntime has no CUDA provider "
                            "(install onnxruntime-gpu instead of onnxruntime)")
     return [*chosen, "CPUExecutionProvider"]
 
 
 class Model:
-    """A loaded bundle: tokenizer + ONNX Runtime session + labels and inference settings."""
+    """A loaded bundle: tokenizer + ONNX Runtime session + the task's head, which turns model
+    outputs into predictions (labels, entities, ...)."""
 
     def __init__(self, bundle_dir: str | Path, *, threads: int = 0, device: str = "auto",
                  verify: bool = True):
@@ -111,13 +113,15 @@ class Model:
         self.metadata: dict[str, Any] = bundle_format.read_metadata(self.path)
         if verify:
             bundle_format.verify(self.path)
+        self.task = task_name(self.metadata)
         self.labels: list[str] = list(self.metadata["labels"])
         self.max_length: int = int(self.metadata["max_length"])
         self.outputs: list[str] = list(self.metadata["outputs"])
         self.tokenizer = Tokenizer.from_file(str(self.path / bundle_format.TOKENIZER_FILE))
         self.tokenizer.enable_truncation(self.max_length)
-        pad = self.metadata.get("pad_token", "[PAD]")
-        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad) or 0, pad_token=pad)
+        self.pad_token = self.metadata.get("pad_token", "[PAD]")
+        self.pad_id = self.tokenizer.token_to_id(self.pad_token) or 0
+        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -126,6 +130,7 @@ class Model:
         self.session = ort.InferenceSession(str(self.path / bundle_format.MODEL_FILE), options,
                                             providers=available_providers(device))
         self._inputs = {i.name for i in self.session.get_inputs()}
+        self.head = head_for(self)
 
     @classmethod
     def load(cls, source: str | Path, tracking_uri: str | None = None, cache_dir: Path | None = None,
@@ -134,8 +139,20 @@ class Model:
         return cls(resolve_source(source, cache_dir=cache_dir, tracking_uri=tracking_uri), **kwargs)
 
     # -- inference -------------------------------------------------------------------------------
-    def _encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(list(texts))
+    def predict(self, inputs: Sequence[Any], batch_size: int = 32, **options: Any) -> list[dict[str, Any]]:
+        """One prediction per input, in input order; what an input and a prediction are depends
+        on the task (a text or text pair -> label and probabilities; a text or word list ->
+        entities). See the task's head in bertpress.tasks."""
+        return self.head.predict(inputs, batch_size=batch_size, **options)
+
+    def predict_proba(self, texts: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities of a classification bundle, [len(texts), len(labels)]."""
+        if not hasattr(self.head, "predict_proba"):
+            raise BundleError(f"predict_proba needs a sequence-classification bundle; this one is {self.task}")
+        return self.head.predict_proba(texts, batch_size)
+
+    def feed(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Model inputs for tokenizers encodings of equal length (padded)."""
         feed = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -143,39 +160,27 @@ class Model:
         }
         return {k: v for k, v in feed.items() if k in self._inputs}
 
-    def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
-        """Index arrays and texts of length-sorted batches (similar lengths pad less)."""
-        texts = _check_texts(texts)
+    def _encode(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
+        return self.feed(self.tokenizer.encode_batch(list(texts)))
+
+    def _batches(self, texts: Sequence[Any], batch_size: int) -> Iterator[tuple[np.ndarray, list[Any]]]:
+        """Index arrays and inputs of length-sorted batches (similar lengths pad less)."""
+        texts = check_texts(texts, pairs=True)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        order = np.argsort([len(t) for t in texts], kind="stable")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        order = np.argsort([len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts],
+                           kind="stable")
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             yield idx, [texts[i] for i in idx]
 
-    def run(self, texts: Sequence[str], outputs: Sequence[str], batch_size: int = 32
+    def run(self, texts: Sequence[Any], outputs: Sequence[str], batch_size: int = 32
             ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]]:
         """Raw model outputs per batch: (indices into texts, {output: array}, attention mask)."""
         for idx, batch in self._batches(texts, batch_size):
             feed = self._encode(batch)
             values = self.session.run(list(outputs), feed)
             yield idx, dict(zip(outputs, values, strict=True)), feed["attention_mask"]
-
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities, [len(texts), len(labels)], columns in `labels` order."""
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for idx, out, _ in self.run(texts, ["logits"], batch_size):
-            probs[idx] = softmax(out["logits"])
-        return probs
-
-    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
-        """For each text: the label, its probability, and every label's probability."""
-        probs = self.predict_proba(texts, batch_size)
-        return [
-            {"label": self.labels[int(p.argmax())], "score": float(p.max()),
-             "probabilities": {label: float(v) for label, v in zip(self.labels, p, strict=True)}}
-            for p in probs
-        ]
 
     def embed(self, texts: Sequence[str], kind: str = "mean", batch_size: int = 32,
               normalize: bool = False) -> np.ndarray | list[np.ndarray]:
@@ -186,7 +191,7 @@ class Model:
         (every layer, embeddings first, n x [layers + 1, len_i, H]).
         """
         if kind not in EMBEDDING_KINDS:
-            raise ValueError(f"unknown embedding kind {kind!r}; choose one of {sorted(EMBEDDING_KINDS)}")
+            raise InputError(f"unknown embedding kind {kind!r}; choose one of {sorted(EMBEDDING_KINDS)}")
         needed = EMBEDDING_KINDS[kind]
         if needed not in self.outputs:
             raise BundleError(
@@ -218,11 +223,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def check_texts(texts: Sequence[Any], pairs: bool = False) -> list[Any]:
+    """A list of strings (or, with pairs, [text, text_pair] pairs as tuples)."""
     if isinstance(texts, str):
-        raise TypeError("pass a list of texts, not a single string (wrap it: [text])")
-    texts = list(texts)
+        raise InputError("pass a list of texts, not a single string (wrap it: [text])")
+    checked = []
     for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text #{i} is {type(text).__name__}, not str")
-    return texts
+        if pairs and isinstance(text, list | tuple) and len(text) == 2 and all(isinstance(t, str) for t in text):
+            checked.append(tuple(text))
+        elif isinstance(text, str):
+            checked.append(text)
+        else:
+            kind = "a string or a [text, text_pair] pair" if pairs else "a string"
+            raise InputError(f"input #{i} is {type(text).__name__}, not {kind}")
+    return checked

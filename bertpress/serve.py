@@ -1,8 +1,11 @@
 """`bertpress serve`: a bundle behind HTTP (FastAPI + uvicorn), torch-free.
 
     GET  /health     liveness + the model's name and version
-    GET  /metadata   labels, inference settings, outputs, metrics, limits
-    POST /predict    {"texts": ["...", ...]} (or {"text": "..."}) -> labels and probabilities
+    GET  /metadata   task, labels, inference settings, outputs, metrics, limits
+    POST /predict    {"texts": ["...", ...]} (or {"text": "..."}) -> per the bundle's task: labels and
+                     probabilities (+ "text_pairs"/"text_pair" for text-pair models), or entities
+                     with character offsets ({"words": [[...], ...]} for pre-split input;
+                     "aggregation": none|simple|first|average|max)
     POST /embed      {"texts": [...], "kind": "mean"|"pooled"|"sequence"|"hidden_states",
                       "normalize": false} -> embeddings
 
@@ -19,7 +22,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bertpress.bundle import BundleError
+from bertpress.errors import BundleError, InputError
 from bertpress.runtime import Model
 
 
@@ -45,8 +48,33 @@ class _Request(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
-class PredictRequest(_Request):
-    pass
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    texts: list[str] | None = None
+    words: list[list[str]] | None = Field(None, description="Pre-split inputs (entity recognition).")
+    text_pair: str | None = None
+    text_pairs: list[str] | None = None
+    aggregation: Literal["none", "simple", "first", "average", "max"] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        given = [name for name in ("text", "texts", "words") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError('give exactly one of "text" (a string), "texts" (a list of strings) or '
+                             '"words" (a list of word lists)')
+        if self.text_pair is not None and self.text is None:
+            raise ValueError('"text_pair" goes with "text"; use "text_pairs" with "texts"')
+        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts or []):
+            raise ValueError('"text_pairs" needs one second text per entry of "texts"')
+        return self
+
+    def inputs(self) -> list:
+        if self.words is not None:
+            return [list(w) for w in self.words]
+        texts = [self.text] if self.text is not None else list(self.texts or [])
+        pairs = [self.text_pair] if self.text_pair is not None else self.text_pairs
+        return [(t, p) for t, p in zip(texts, pairs, strict=True)] if pairs is not None else texts
 
 
 class EmbedRequest(_Request):
@@ -68,16 +96,17 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
                 return _too_large(len(body), limits)
         return await call_next(request)
 
-    def checked(texts: list[str]) -> list[str]:
+    def checked(texts: list) -> list:
         if not texts:
             raise HTTPException(422, '"texts" is empty: send at least one text')
         if len(texts) > limits.max_batch:
             raise HTTPException(413, f"{len(texts)} texts in one request; the limit is "
                                      f"{limits.max_batch} (split the batch, or start the server "
                                      "with a larger --max-batch)")
-        for i, text in enumerate(texts):
-            if len(text) > limits.max_text_chars:
-                raise HTTPException(413, f"text #{i} has {len(text)} characters; the limit is "
+        for i, item in enumerate(texts):
+            size = len(item) if isinstance(item, str) else sum(len(t) + 1 for t in item)
+            if size > limits.max_text_chars:
+                raise HTTPException(413, f"text #{i} has {size} characters; the limit is "
                                          f"{limits.max_text_chars} (--max-text-chars)")
         return texts
 
@@ -88,14 +117,18 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
         keys = ("name", "task", "labels", "max_length", "truncation", "outputs", "variant",
-                "architecture", "metrics", "provenance")
+                "architecture", "metrics", "provenance", "text_pair", "aggregation", "stride")
         return {k: model.metadata.get(k) for k in keys} | {
             "version": version, "limits": asdict(limits), "providers": model.session.get_providers()}
 
     @app.post("/predict")
     def predict(body: PredictRequest) -> dict[str, Any]:
-        texts = checked(body.all_texts())
-        return {"predictions": model.predict(texts, batch_size=limits.max_batch)}
+        inputs = checked(body.inputs())
+        options = {"aggregation": body.aggregation} if body.aggregation else {}
+        try:
+            return {"predictions": model.predict(inputs, batch_size=limits.max_batch, **options)}
+        except (InputError, TypeError) as exc:
+            raise HTTPException(400, str(exc)) from None
 
     @app.post("/embed")
     def embed(body: EmbedRequest) -> dict[str, Any]:

@@ -1,3 +1,5 @@
 """bertpress orchestration: config, cache, tracking, runner and CLI."""
 
-__version__ = "0.1.0"
+from bertpress import __version__
+
+__all__ = ["__version__"]

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertpress.bundle import file_sha256
+from bertpress.errors import BertpressError
+
 MANIFEST = "manifest.json"
 KEY_LENGTH = 16
 
@@ -46,15 +49,20 @@ def stage_key(
     return stable_hash(payload)[:KEY_LENGTH]
 
 
-class CorruptArtifactError(RuntimeError):
+class CorruptArtifactError(BertpressError):
     """A finished stage output no longer matches the checksum its manifest recorded."""
 
 
-def file_sha256(path: Path) -> str:
+def content_digest(folder: Path) -> str:
+    """sha256 over every file of a stage output (names and contents, manifest excluded): what a
+    downstream stage was built from. A rerun that writes different files changes it, and every
+    stage built from the old content is then out of date."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(MANIFEST):
+            continue
+        digest.update(f"{rel}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -93,6 +101,17 @@ class Artifact:
     @property
     def metrics(self) -> dict[str, float]:
         return self.manifest.get("metrics", {})
+
+    @property
+    def content(self) -> str | None:
+        return self.manifest.get("content_sha256")
+
+    def built_from(self, upstream: Mapping[str, Artifact]) -> bool:
+        """Whether this output was built from exactly these upstream outputs (their content)."""
+        recorded = self.manifest.get("inputs", {})
+        return all(name in recorded and art.content is not None
+                   and recorded[name].get("content_sha256") == art.content
+                   for name, art in upstream.items())
 
 
 class ArtifactStore:
@@ -135,7 +154,8 @@ class ArtifactStore:
 
     def commit(self, tmp: Path, stage: str, key: str, manifest: dict[str, Any]) -> Artifact:
         """Write the manifest last, then move the directory into place in one rename."""
-        manifest = {**manifest, "stage": stage, "key": key, "committed_at": time.time()}
+        manifest = {**manifest, "stage": stage, "key": key, "committed_at": time.time(),
+                    "content_sha256": content_digest(tmp)}
         part = tmp / (MANIFEST + ".part")
         part.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         os.replace(part, tmp / MANIFEST)

@@ -1,7 +1,7 @@
-"""`bertpress` command line.
+"""`bertpress` pipeline commands: run, status, validate, ui, promote, retrain (training install).
 
-Pipeline: run, status, validate, ui, promote, retrain (training install).
-Inference, torch-free (onnxruntime + tokenizers + numpy): predict, embed, serve.
+The torch-free commands (predict, embed, serve) live in bertpress.cli and are added here, so
+`bertpress --help` lists everything; bertpress.cli.main is the entry point of both.
 Exit codes: 0 ok, 1 a stage failed, 2 bad config or input, 3 a quality gate failed.
 """
 
@@ -22,7 +22,6 @@ from rich.table import Table
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.registry import STAGE_NAMES
-from pipeline.stage import StageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 # Wide enough for the results table when output goes to a file or CI log.
@@ -98,15 +97,14 @@ def run(
     if not distributed.is_main():
         return  # rank 0 reports for everyone
     console.print(outcomes_table(outcomes, f"bertpress {stage}"))
-    bench = next((o for o in outcomes if o.name == "benchmark"), None)
-    if bench is not None and (bench.path / "benchmark.json").is_file():
+    declared = {name: o.output(name) for o in outcomes for name in o.outputs}
+    if declared.get("benchmark_report") is not None:
         from pipeline.report import results_table
 
-        console.print(results_table(bench.path / "benchmark.json"))
-        console.print(f"Full report: {bench.path / 'results.md'}, plot: {bench.path / 'accuracy_vs_latency.png'}")
-    release = next((o for o in outcomes if o.name == "release"), None)
-    if release is not None:
-        console.print(f"Bundle: {release.path / 'bundle'}   try: bertpress predict {release.path / 'bundle'} "
+        console.print(results_table(declared["benchmark_report"]))
+        console.print(f"Full report: {declared['results_table']}, plot: {declared['pareto_plot']}")
+    if declared.get("bundle") is not None:
+        console.print(f"Bundle: {declared['bundle']}   try: bertpress predict {declared['bundle']} "
                       "\"a text\"   promote: `make promote`")
     console.print(f"Artifacts: {cfg.runtime.artifacts_dir.resolve()}   MLflow UI: `make ui`")
 
@@ -216,9 +214,10 @@ def retrain(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     Exit code: 1 stage failure, 2 config error, 3 gate failed, 0 promoted (or already champion)."""
     cfg = _load(config, set_)
     from pipeline.promote import promote as run_promote
+    from pipeline.registry import PRODUCER
     from pipeline.runner import Runner
 
-    outcomes = Runner(cfg, config).run("release")
+    outcomes = Runner(cfg, config).run(PRODUCER["bundle"])
     console.print(outcomes_table(outcomes, "bertpress retrain"))
     outcome = run_promote(cfg)
     _print_gates(outcome)
@@ -226,167 +225,17 @@ def retrain(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         raise typer.Exit(GATE_FAILED)
 
 
-# -- inference (torch-free) -----------------------------------------------------------------------
-SourceArg = Annotated[str, typer.Argument(help="Bundle directory or registry URI (models:/name@champion).")]
-TextsArg = Annotated[list[str] | None, typer.Argument(help="Texts; '-' reads one text per line from stdin.")]
-InputOpt = Annotated[Path | None, typer.Option("--input", "-i", help="A .csv/.tsv/.jsonl/.txt file of texts.")]
-ColumnOpt = Annotated[str, typer.Option(help="Text column (CSV) or field (JSONL) in --input.")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Texts per onnxruntime call.")]
-ThreadsOpt = Annotated[int, typer.Option(min=0, help="onnxruntime intra-op threads; 0 = all cores.")]
-TrackingOpt = Annotated[str | None, typer.Option(
-    help="Registry for models:/ sources. Default: $MLFLOW_TRACKING_URI, else the pipeline's "
-         "store artifacts/mlflow.db when it exists.")]
+def build_app() -> typer.Typer:
+    """The full command set (the `bertpress.commands` entry point): pipeline + runtime commands."""
+    from bertpress.cli import register
 
-
-def _open_model(source: str, threads: int, tracking_uri: str | None = None):
-    from bertpress.runtime import Model
-
-    if source.startswith("models:/") and not tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-        local = Path("artifacts") / "mlflow.db"
-        if local.is_file():
-            tracking_uri = f"sqlite:///{local.resolve()}"
-    return Model.load(source, tracking_uri=tracking_uri, threads=threads)
-
-
-@app.command()
-def predict(
-    source: SourceArg,
-    texts: TextsArg = None,
-    input_file: InputOpt = None,
-    text_column: ColumnOpt = "text",
-    output: OutputOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
-    batch_size: BatchOpt = 32,
-    threads: ThreadsOpt = 0,
-    tracking_uri: TrackingOpt = None,
-) -> None:
-    """Label texts with a released model: one JSONL line (or CSV row) per text with the label,
-    its probability and every label's probability."""
-    from bertpress.textio import InputError, read_texts, write_predictions
-
-    if fmt not in ("jsonl", "csv"):
-        raise InputError(f"--format {fmt!r}: use jsonl or csv")
-    items = read_texts(texts or [], input_file, text_column)
-    model = _open_model(source, threads, tracking_uri)
-    rows = [{"text": t} | p for t, p in zip(items, model.predict(items, batch_size), strict=True)]
-    with _output(output) as out:
-        write_predictions(rows, model.labels, fmt, out)
-
-
-@app.command()
-def embed(
-    source: SourceArg,
-    texts: TextsArg = None,
-    input_file: InputOpt = None,
-    text_column: ColumnOpt = "text",
-    kind: Annotated[str, typer.Option(help="mean, pooled, sequence or hidden_states.")] = "mean",
-    normalize: Annotated[bool, typer.Option(help="L2-normalize each vector.")] = False,
-    output: OutputOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, or npy (mean/pooled only; needs --output).")] = "jsonl",
-    batch_size: BatchOpt = 32,
-    threads: ThreadsOpt = 0,
-    tracking_uri: TrackingOpt = None,
-) -> None:
-    """Embed texts with a released model: pooled ([CLS] after the pooler), mean (masked mean of
-    the sequence output), sequence (per token) or hidden_states (every layer, per token)."""
-    import numpy as np
-
-    from bertpress.embeddings import EMBEDDING_KINDS
-    from bertpress.textio import InputError, read_texts
-
-    if kind not in EMBEDDING_KINDS:
-        raise InputError(f"unknown embedding kind {kind!r}; choose one of {', '.join(EMBEDDING_KINDS)}")
-    if fmt not in ("jsonl", "npy"):
-        raise InputError(f"--format {fmt!r}: use jsonl or npy")
-    if fmt == "npy" and (kind not in ("mean", "pooled") or output is None):
-        raise InputError("--format npy needs --kind mean or pooled (one vector per text) and --output FILE")
-    items = read_texts(texts or [], input_file, text_column)
-    vectors = _open_model(source, threads, tracking_uri).embed(items, kind=kind, batch_size=batch_size, normalize=normalize)
-    if fmt == "npy":
-        np.save(output, vectors)
-        err_console.print(f"{len(items)} x {vectors.shape[1]} {kind} embeddings -> {output}")
-        return
-    with _output(output) as out:
-        for text, vector in zip(items, vectors, strict=True):
-            out.write(json.dumps({"text": text, "kind": kind, "embedding": vector.tolist()}) + "\n")
-
-
-@app.command()
-def serve(
-    source: SourceArg,
-    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most texts per request.")] = 64,
-    max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted.")] = 10_000,
-    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1_000_000,
-    threads: ThreadsOpt = 0,
-    tracking_uri: TrackingOpt = None,
-) -> None:
-    """Serve a released model over HTTP: /predict, /embed, /health, /metadata."""
-    from bertpress.serve import Limits
-    from bertpress.serve import serve as run_server
-
-    model = _open_model(source, threads, tracking_uri)
-    version = model.path.parent.name.removeprefix("v") if source.startswith("models:/") else None
-    err_console.print(f"serving {model.path} on http://{host}:{port} (POST /predict, /embed)")
-    run_server(model, host, port, Limits(max_batch, max_text_chars, max_body_bytes), version)
-
-
-class _output:
-    """stdout, or a file written whole (a failed run leaves no half-written results file)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-
-    def __enter__(self):
-        import io
-
-        self.buffer = sys.stdout if self.path is None else io.StringIO()
-        return self.buffer
-
-    def __exit__(self, exc_type, *_):
-        if self.path is not None and exc_type is None:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(self.buffer.getvalue())
-            tmp.replace(self.path)
-            err_console.print(f"wrote {self.path}")
-        return False
+    return register(app)
 
 
 def main() -> None:
-    try:
-        # Without standalone mode click returns (not raises) the code of a typer.Exit.
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except ConfigError as exc:
-        err_console.print(f"[bold red]config error:[/] {exc}")
-        sys.exit(2)
-    except StageError as exc:
-        err_console.print(f"[bold red]stage failed:[/] {exc}")
-        sys.exit(1)
-    except ValueError as exc:
-        # Bad input to predict/embed/serve: a missing bundle, an unreadable file, a wrong kind.
-        from bertpress.bundle import BundleError
-        from bertpress.textio import InputError
+    from bertpress.cli import run_app
 
-        if not isinstance(exc, BundleError | InputError):
-            raise
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    run_app(build_app())
 
 
 if __name__ == "__main__":

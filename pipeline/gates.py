@@ -1,8 +1,8 @@
 """Quality gates: may a released candidate replace the champion? Pure logic, no I/O.
 
 Relative gates compare the candidate with the current champion measured the same way in the same
-process (accuracy on the current test split, interleaved batch-1 timing); absolute floors apply to
-the candidate alone. With no champion yet, only the floors apply.
+process (the task's primary metric on the current test split, interleaved batch-1 timing); absolute
+floors apply to the candidate alone. With no champion yet, only the floors apply.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ EPS = 1e-9  # a limit met exactly (1.10 / 1.00 - 1 in floating point) passes
 @dataclass(frozen=True)
 class Measurement:
     version: str
-    accuracy: float
+    metric: float  # the task's primary metric (accuracy, entity F1, ...), higher is better
     latency_p50_ms: float
     size_mb: float
+    metric_name: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,13 @@ class GateResult:
 
 def check_gates(candidate: Measurement, champion: Measurement | None, gates: GatesConfig) -> list[GateResult]:
     results: list[GateResult] = []
-    if gates.min_accuracy is not None:
-        ok = candidate.accuracy >= gates.min_accuracy
+    name = candidate.metric_name
+    if gates.min_metric is not None:
+        ok = candidate.metric >= gates.min_metric
         results.append(GateResult(
-            "min_accuracy", ok, candidate.accuracy, gates.min_accuracy,
-            f"test accuracy {candidate.accuracy:.4f} {'>=' if ok else '<'} floor {gates.min_accuracy:.4f}"
-            + ("" if ok else f" (short by {(gates.min_accuracy - candidate.accuracy) * 100:.2f} pt)"),
+            "min_metric", ok, candidate.metric, gates.min_metric,
+            f"test {name} {candidate.metric:.4f} {'>=' if ok else '<'} floor {gates.min_metric:.4f}"
+            + ("" if ok else f" (short by {(gates.min_metric - candidate.metric) * 100:.2f} pt)"),
         ))
     for gate, what, value, limit, unit in (
         ("max_latency_p50_ms", "p50", candidate.latency_p50_ms, gates.max_latency_p50_ms, "ms"),
@@ -50,14 +52,14 @@ def check_gates(candidate: Measurement, champion: Measurement | None, gates: Gat
                                       f"{what} {value:.3g} {unit} {'<=' if ok else '>'} ceiling {limit:.3g} {unit}"))
     if champion is None:
         return results
-    if gates.max_accuracy_drop is not None:
-        drop = champion.accuracy - candidate.accuracy
-        ok = drop <= gates.max_accuracy_drop + EPS
+    if gates.max_metric_drop is not None:
+        drop = champion.metric - candidate.metric
+        ok = drop <= gates.max_metric_drop + EPS
         results.append(GateResult(
-            "max_accuracy_drop", ok, drop, gates.max_accuracy_drop,
-            f"accuracy {candidate.accuracy:.4f} vs champion v{champion.version} {champion.accuracy:.4f}: "
+            "max_metric_drop", ok, drop, gates.max_metric_drop,
+            f"{name} {candidate.metric:.4f} vs champion v{champion.version} {champion.metric:.4f}: "
             f"{'drop' if drop > 0 else 'gain'} of {abs(drop) * 100:.2f} pt "
-            f"({'within' if ok else 'over'} the allowed {gates.max_accuracy_drop * 100:.2f} pt)",
+            f"({'within' if ok else 'over'} the allowed {gates.max_metric_drop * 100:.2f} pt)",
         ))
     if gates.max_latency_increase is not None:
         increase = candidate.latency_p50_ms / champion.latency_p50_ms - 1
@@ -77,10 +79,11 @@ def render_report(name: str, candidate: Measurement, champion: Measurement | Non
     lines = [f"# Gate report: {name} v{candidate.version}", "", f"**{verdict}**", ""]
     if note:
         lines += [note, ""]
-    lines += ["| model | version | test accuracy | p50 ms (batch 1) | size MB |", "|---|---|---|---|---|"]
+    lines += [f"| model | version | test {candidate.metric_name} | p50 ms (batch 1) | size MB |",
+              "|---|---|---|---|---|"]
     for role, m in (("candidate", candidate), ("champion", champion)):
         if m is not None:
-            lines.append(f"| {role} | {m.version} | {m.accuracy:.4f} | {m.latency_p50_ms:.3f} | {m.size_mb:.2f} |")
+            lines.append(f"| {role} | {m.version} | {m.metric:.4f} | {m.latency_p50_ms:.3f} | {m.size_mb:.2f} |")
     if champion is None:
         lines += ["", "No champion yet: only the absolute floors apply."]
     lines += ["", "| gate | result | detail |", "|---|---|---|"]

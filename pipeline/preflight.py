@@ -60,19 +60,22 @@ def check_model(field: str, name: str, needs_tokenizer: bool) -> list[str]:
     return []
 
 
-def preflight(cfg: PipelineConfig, stages: set[str]) -> None:
-    """Raise ConfigError listing every problem with the inputs of `stages`."""
-    problems: list[str] = []
-    if "data" in stages and cfg.data.source == "files" and cfg.data.files is not None:
+def check_data_files(cfg: PipelineConfig) -> list[str]:
+    problems = []
+    if cfg.data.source == "files" and cfg.data.files is not None:
         for split in ("train", "validation", "test"):
             path = getattr(cfg.data.files, split)
             if path is not None and not Path(path).is_file():
                 problems.append(f"data.files.{split}: {path} does not exist (relative paths start "
                                 f"at {Path.cwd()})")
-    if stages & {"data", "finetune"}:
-        problems += check_model("teacher.model", cfg.teacher.model, needs_tokenizer=True)
-    if "distill" in stages and cfg.distill.student.model:
-        problems += check_model("distill.student.model", cfg.distill.student.model, needs_tokenizer=False)
+    return problems
+
+
+def preflight(cfg: PipelineConfig, specs: list) -> None:
+    """Raise ConfigError listing every problem with the inputs of the stages about to run (each
+    stage's spec says what to check)."""
+    found = [problem for spec in specs if spec.preflight for problem in spec.preflight(cfg)]
+    problems = list(dict.fromkeys(found))
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) with the run's inputs:\n"
                           + "\n".join(f"  - {p}" for p in problems))

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.cache import ArtifactStore
 from pipeline.config import PipelineConfig
 from pipeline.gates import GateResult, Measurement, as_dict, check_gates, render_report
+from pipeline.registry import PRODUCER
 from pipeline.runner import plan
 from pipeline.stage import StageError
 from pipeline.tracking import open_tracker
@@ -37,34 +38,30 @@ class PromotionOutcome:
     already_champion: bool = False
 
 
-def _test_split(data_dir: Path) -> tuple[list[str], list[str]]:
-    from datasets import load_from_disk
+def _measure(models: dict, test, task, cfg: PipelineConfig) -> dict[str, tuple[float, float]]:
+    """(primary test metric, batch-1 p50 ms) of each model, scored by its task through the runtime
+    (batch 1, as the release stage scored it and as a production request runs)."""
+    from bertpress.evaluate import batch1_latencies
 
-    id2label = {int(k): v for k, v in json.loads((data_dir / "labels.json").read_text())["id2label"].items()}
-    test = load_from_disk(str(data_dir / "dataset"))["test"]
-    return list(test["text"]), [id2label[int(i)] for i in test["label"]]
-
-
-def _measure(models: dict, texts: list[str], labels: list[str], cfg: PipelineConfig) -> dict[str, tuple[float, float]]:
-    from bertpress.evaluate import accuracy, batch1_latencies
-
-    sample = texts[: cfg.gates.latency_samples]
+    sample = task.timing_inputs(test)[: cfg.gates.latency_samples]
     times = batch1_latencies(models, sample, rounds=cfg.gates.latency_rounds)
-    # Batch 1, as the release stage scored it and as a production request runs.
-    return {name: (accuracy(model, texts, labels, batch_size=1), float(np.median(times[name])))
+    return {name: (task.score_bundle(model, test)[task.primary_metric], float(np.median(times[name])))
             for name, model in models.items()}
 
 
 def promote(cfg: PipelineConfig) -> PromotionOutcome:
     from bertpress.bundle import MODEL_FILE
     from bertpress.runtime import Model, resolve_source
+    from stages._hf import load_splits_dir
+    from stages.tasks import get_task
 
     store = ArtifactStore(cfg.runtime.artifacts_dir)
     planned = plan(cfg, store)
-    release = planned["release"].artifact
+    release = planned[PRODUCER["bundle"]].artifact
     if release is None:
-        raise StageError("the release for this config is not built yet: run `make release` "
-                         "(or `make retrain`, which runs the pipeline and then the gates)")
+        raise StageError(f"the release for this config is not built yet (or out of date): run "
+                         f"`bertpress run {PRODUCER['bundle']}` (or `make retrain`, which runs the "
+                         "pipeline and then the gates)")
     registered = release.manifest.get("info", {}).get("registered_model")
     if not registered:
         raise StageError("release.register_model is false for this config: there is no registered "
@@ -79,8 +76,8 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
     champion_version = tracker.version_by_alias(name, CHAMPION_ALIAS)
     bundle_dir = release.output("bundle")
     candidate_size = (bundle_dir / MODEL_FILE).stat().st_size / 1e6
-    data_dir = planned["data"].artifact.path
-    texts, labels = _test_split(data_dir)
+    task = get_task(cfg)
+    test = load_splits_dir(planned[PRODUCER["dataset"]].artifact.output("dataset"))["test"]
 
     note = ""
     already = champion_version is not None and str(champion_version.version) == str(version)
@@ -90,11 +87,12 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
         champion_dir = resolve_source(f"models:/{name}@{CHAMPION_ALIAS}", cache_dir=store.root / "registry-cache")
         models["champion"] = Model(champion_dir, threads=cfg.runtime.threads)
         champion_size = (champion_dir / MODEL_FILE).stat().st_size / 1e6
-    log.info("measuring %s on %d test texts (%d timed, %d rounds, interleaved)", ", ".join(models),
-             len(texts), min(len(texts), cfg.gates.latency_samples), cfg.gates.latency_rounds)
-    measured = _measure(models, texts, labels, cfg)
-    candidate = Measurement(str(version), *measured["candidate"], candidate_size)
-    champion = (Measurement(str(champion_version.version), *measured["champion"], champion_size)
+    log.info("measuring %s on %d test inputs (%d timed, %d rounds, interleaved)", ", ".join(models),
+             len(test), min(len(test), cfg.gates.latency_samples), cfg.gates.latency_rounds)
+    measured = _measure(models, test, task, cfg)
+    metric = task.primary_metric
+    candidate = Measurement(str(version), *measured["candidate"], candidate_size, metric)
+    champion = (Measurement(str(champion_version.version), *measured["champion"], champion_size, metric)
                 if "champion" in measured else None)
     results = check_gates(candidate, champion, cfg.gates)
     if already:
@@ -108,7 +106,7 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
         "model": name, "candidate": as_dict(candidate), "champion": as_dict(champion),
         "passed": passed, "promoted": passed and not already, "already_champion": already,
         "gates": [r.__dict__ for r in results], "settings": cfg.gates.model_dump(),
-        "tracking_uri": tracker.tracking_uri, "test_examples": len(texts),
+        "tracking_uri": tracker.tracking_uri, "test_examples": len(test),
     }
     markdown = render_report(name, candidate, champion, results, passed, note)
     for suffix, text in ((".json", json.dumps(report, indent=2)), (".md", markdown)):
@@ -116,9 +114,9 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
         (reports / f"latest{suffix}").write_text(text)
 
     with tracker.pipeline_run(f"{cfg.project.name}:promote", tags={"target": "promote"}):
-        tracker.log_metrics({"gate/passed": float(passed), "gate/candidate_accuracy": candidate.accuracy,
+        tracker.log_metrics({"gate/passed": float(passed), f"gate/candidate_{metric}": candidate.metric,
                              "gate/candidate_latency_p50_ms": candidate.latency_p50_ms}
-                            | ({"gate/champion_accuracy": champion.accuracy,
+                            | ({f"gate/champion_{metric}": champion.metric,
                                 "gate/champion_latency_p50_ms": champion.latency_p50_ms} if champion else {}))
         tracker.set_tags({"model": name, "candidate_version": version, "passed": passed})
         tracker.log_artifact(reports / f"{stem}.md")

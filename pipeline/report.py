@@ -14,16 +14,18 @@ def results_table(benchmark_json: Path) -> Table:
     baseline = variants.get(report["baseline"], {}).get("latency_real", {}).get("p50_ms")
     lengths = report["settings"]["seq_lengths"]
     bs = report["settings"]["throughput_batch_size"]
-    table = Table(title=f"results on {report['test_examples']} test examples, "
+    table = Table(title=f"{report.get('task', 'sequence-classification')} results on "
+                        f"{report['test_examples']} test examples, "
                         f"{report['threads']} threads, {report['cpu']['model']}")
-    cols = ["variant", "test acc", "macro-F1", "p50 ms", "p99 ms",
+    labels = report.get("metric_labels", {"accuracy": "acc", "macro_f1": "macro-F1"})
+    cols = ["variant", *(f"test {label}" for label in labels.values()), "p50 ms", "p99 ms",
             f"p50 ms @{lengths[-1]}", f"thr/s bs{bs} @{lengths[0]}", "size MB", "speed-up"]
     for col in cols:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, r in variants.items():
         p50 = r["latency_real"]["p50_ms"]
         table.add_row(
-            name, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{p50:.2f}",
+            name, *(f"{r[m]:.4f}" for m in labels), f"{p50:.2f}",
             f"{r['latency_real']['p99_ms']:.2f}", f"{r['by_length'][str(lengths[-1])]['p50_ms']:.2f}",
             f"{r['by_length'][str(lengths[0])]['throughput_per_s']:.0f}", f"{r['size_mb']:.1f}",
             f"{baseline / p50:.1f}x" if baseline else "-",

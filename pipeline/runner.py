@@ -25,7 +25,7 @@ from pipeline.cache import (
 from pipeline.config import PipelineConfig
 from pipeline.locks import stage_lock
 from pipeline.preflight import preflight
-from pipeline.registry import STAGES, closure
+from pipeline.registry import STAGES, closure, task_code_files
 from pipeline.stage import StageContext, StageError, StageSpec
 from pipeline.tracking import Tracker, open_tracker
 
@@ -55,9 +55,10 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def code_version(spec: StageSpec) -> str:
+def code_version(spec: StageSpec, task_type: str) -> str:
+    """The stage's own code and helpers, plus the configured task's module and helpers."""
     digest = hashlib.sha256(__version__.encode())
-    for path in spec.code_files:
+    for path in dict.fromkeys((*spec.code_files, *task_code_files(task_type))):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -79,14 +80,26 @@ class PlannedStage:
     spec: StageSpec
     key: str
     config: dict[str, Any]
-    artifact: Artifact | None  # present when this exact key is already finished
-    stale_keys: list[str]  # finished outputs of this stage under other keys
+    artifact: Artifact | None  # present when this exact key is finished and built from current inputs
+    stale_keys: list[str]  # finished outputs of this stage under other keys, or outdated under this one
 
     @property
     def status(self) -> str:
         if self.artifact is not None:
             return "done"
         return "stale" if self.stale_keys else "missing"
+
+
+def current(store: ArtifactStore, spec: StageSpec, key: str, planned: dict[str, PlannedStage]) -> Artifact | None:
+    """The finished output of (stage, key), if it was built from the upstream outputs on disk
+    now. A forced rerun upstream that wrote something else leaves it out of date."""
+    artifact = store.get(spec.name, key)
+    if artifact is None:
+        return None
+    upstream = {name: planned[name].artifact for name in spec.upstream}
+    if any(a is None for a in upstream.values()) or not artifact.built_from(upstream):
+        return None
+    return artifact
 
 
 def plan(cfg: PipelineConfig, store: ArtifactStore) -> dict[str, PlannedStage]:
@@ -96,9 +109,9 @@ def plan(cfg: PipelineConfig, store: ArtifactStore) -> dict[str, PlannedStage]:
         config = section_values(cfg, spec.config_sections)
         upstream = {name: planned[name].key for name in spec.upstream}
         fingerprint = spec.fingerprint(cfg) if spec.fingerprint else None
-        key = stage_key(spec.name, config, upstream, code_version(spec), fingerprint)
-        artifact = store.get(spec.name, key)
-        stale = [k for k in store.finished_keys(spec.name) if k != key]
+        key = stage_key(spec.name, config, upstream, code_version(spec, cfg.task.type), fingerprint)
+        artifact = current(store, spec, key, planned)
+        stale = [k for k in store.finished_keys(spec.name) if k != key or artifact is None]
         planned[spec.name] = PlannedStage(spec, key, config, artifact, stale)
     return planned
 
@@ -111,6 +124,10 @@ class StageOutcome:
     cached: bool
     seconds: float
     metrics: dict[str, float]
+    outputs: dict[str, str]  # output name -> path relative to `path`
+
+    def output(self, name: str) -> Path | None:
+        return self.path / self.outputs[name] if name in self.outputs else None
 
 
 class Runner:
@@ -129,12 +146,14 @@ class Runner:
         forced = forced if force else set()
         will_run = {s.name for s in selected if planned[s.name].artifact is None or s.name in forced}
         if distributed.world_size() > 1:
-            if self.cfg.distill.search.enabled and "distill" in will_run:
-                raise StageError("distill.search runs its trials in one process; run the search "
-                                 "without torchrun, then train the chosen settings with it")
+            for spec in selected:
+                reason = spec.single_process(self.cfg) if spec.single_process else None
+                if reason and spec.name in will_run:
+                    raise StageError(reason)
             if not distributed.is_main():
                 return self._follow(selected, planned, will_run)
-        preflight(self.cfg, will_run)  # before any work, and before touching the tracking store
+        # Before any work, and before touching the tracking store.
+        preflight(self.cfg, [s for s in selected if s.name in will_run])
         tracker = self.tracker()
         log.info("tracking to %s (experiment %r)", tracker.tracking_uri, self.cfg.project.name)
         outcomes: list[StageOutcome] = []
@@ -145,13 +164,15 @@ class Runner:
             )
             for spec in selected:
                 item = planned[spec.name]
+                # An upstream stage rerun in this invocation may have changed what this one reads.
+                item.artifact = current(self.store, spec, item.key, planned)
                 if item.artifact is not None and spec.name not in forced:
                     outcomes.append(self._replay(tracker, item))
                     continue
                 with stage_lock(self.store.stage_dir(spec.name), spec.name, item.key,
                                 self.cfg.runtime.lock, self.cfg.runtime.lock_timeout_s):
                     # Another process may have finished this very output while we waited.
-                    item.artifact = self.store.get(spec.name, item.key)
+                    item.artifact = current(self.store, spec, item.key, planned)
                     if item.artifact is not None and spec.name not in forced:
                         outcomes.append(self._replay(tracker, item))
                         continue
@@ -168,7 +189,7 @@ class Runner:
     def _follow(self, selected, planned: dict[str, PlannedStage], will_run: set[str]) -> list[StageOutcome]:
         """Ranks other than 0: train alongside rank 0 (DDP), write and log nothing."""
         for spec in selected:
-            if spec.name not in distributed.TRAINING_STAGES or spec.name not in will_run:
+            if not spec.trains or spec.name not in will_run:
                 continue
             inputs = {
                 name: distributed.wait_for(lambda name=name: self.store.get(name, planned[name].key), name)
@@ -197,7 +218,8 @@ class Runner:
             tracker.set_tags({"artifact_dir": art.path, "source_run_id": art.manifest.get("mlflow_run_id")})
         seconds = time.perf_counter() - start
         log.info("[%s] cache hit %s (%.2fs)", item.spec.name, art.path, seconds)
-        return StageOutcome(item.spec.name, item.key, art.path, True, seconds, art.metrics)
+        return StageOutcome(item.spec.name, item.key, art.path, True, seconds, art.metrics,
+                            art.manifest.get("outputs", {}))
 
     def _execute(
         self, tracker: Tracker, item: PlannedStage, planned: dict[str, PlannedStage]
@@ -225,11 +247,16 @@ class Runner:
                     scratch=self.store.scratch(spec.name, item.key),
                 )
                 result = spec.run(ctx)
+                undeclared = [name for name in spec.produces if name not in result.outputs]
+                if undeclared:
+                    raise StageError(f"stage {spec.name!r} did not write its outputs {undeclared} "
+                                     "(a bug in the stage: please report it)")
                 seconds = time.perf_counter() - start
                 manifest = {
                     "description": spec.description,
                     "config": item.config,
-                    "inputs": {n: {"key": a.key, "path": str(a.path)} for n, a in inputs.items()},
+                    "inputs": {n: {"key": a.key, "path": str(a.path), "content_sha256": a.content}
+                               for n, a in inputs.items()},
                     "metrics": result.metrics,
                     "outputs": result.outputs,
                     "output_sha256": output_checksums(tmp, result.outputs),
@@ -253,4 +280,5 @@ class Runner:
             self.store.abort(tmp)
             raise
         log.info("[%s] done in %.1fs -> %s", spec.name, seconds, artifact.path)
-        return StageOutcome(spec.name, item.key, artifact.path, False, seconds, result.metrics)
+        return StageOutcome(spec.name, item.key, artifact.path, False, seconds, result.metrics,
+                            result.outputs)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bertpress.errors import BertpressError
 from pipeline.cache import Artifact
 
 if TYPE_CHECKING:
@@ -15,8 +16,10 @@ if TYPE_CHECKING:
     from pipeline.tracking import Tracker
 
 
-class StageError(RuntimeError):
+class StageError(BertpressError):
     """A stage could not finish; the message says what is wrong and how to fix it."""
+
+    label = "stage failed"
 
 
 @dataclass
@@ -34,26 +37,55 @@ class StageContext:
     name: str
     key: str
     out: Path  # a temporary directory; moved into place only after run() returns
-    inputs: dict[str, Artifact]
+    inputs: dict[str, Artifact]  # upstream stage name -> its finished output
     tracker: Tracker
     log: logging.Logger
     # Survives a failed or killed attempt (training checkpoints to resume from); deleted once the
     # stage's output is committed.
     scratch: Path
 
-    def input(self, stage: str) -> Artifact:
-        return self.inputs[stage]
+    def _producer(self, output: str) -> Artifact | None:
+        for artifact in self.inputs.values():
+            if output in artifact.manifest.get("outputs", {}):
+                return artifact
+        return None
+
+    def has(self, output: str) -> bool:
+        """Whether an upstream stage wrote this (optional) output, e.g. the fp16 model."""
+        return self._producer(output) is not None
+
+    def path(self, output: str) -> Path:
+        """The file or folder an upstream stage declared under this name (checksum-verified)."""
+        artifact = self._producer(output)
+        if artifact is None:
+            raise StageError(f"stage {self.name!r} needs output {output!r}, which none of its inputs "
+                             f"({', '.join(self.inputs)}) declares; rerun them with --force")
+        return artifact.output(output)
+
+    def read_json(self, output: str) -> Any:
+        import json
+
+        return json.loads(self.path(output).read_text())
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     run: Callable[[StageContext], StageResult]
-    upstream: tuple[str, ...]
+    # Named outputs this stage reads (upstream stages are their producers) and must write.
+    consumes: tuple[str, ...]
+    produces: tuple[str, ...]
+    upstream: tuple[str, ...]  # derived from `consumes` by the registry
     # Config sections whose values enter this stage's cache key (runtime never does).
     config_sections: tuple[str, ...]
-    # Source files whose content is this stage's "code version".
+    # Source files whose content is this stage's "code version" (plus the configured task's).
     code_files: tuple[Path, ...]
     description: str
     # Content hash of external inputs (data files), computed before the stage runs.
     fingerprint: Callable[[PipelineConfig], str] | None = None
+    # Trains a model: under torchrun every rank runs it (DDP); other stages run on rank 0 only.
+    trains: bool = False
+    # Why the stage cannot run under torchrun with this config (None when it can).
+    single_process: Callable[[PipelineConfig], str | None] | None = None
+    # Problems with this stage's external inputs, checked before any stage runs.
+    preflight: Callable[[PipelineConfig], list[str]] | None = None

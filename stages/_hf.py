@@ -9,12 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from datasets import DatasetDict, load_from_disk
-from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertTokenizerFast,
@@ -22,7 +19,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from pipeline.cache import Artifact
 from pipeline.config import RandomBertConfig, TeacherConfig
 from pipeline.stage import StageError
 from stages._sources import BUILTIN_TEACHERS, builtin_teacher_dir
@@ -126,25 +122,25 @@ def random_bert_config(shape: RandomBertConfig, vocab_size: int, max_length: int
     )
 
 
-def label_maps(data: Artifact) -> tuple[dict[int, str], dict[str, int]]:
-    raw = json.loads(data.output("labels").read_text())
+def label_maps(labels_json: Path) -> tuple[dict[int, str], dict[str, int]]:
+    raw = json.loads(Path(labels_json).read_text())
     id2label = {int(k): v for k, v in raw["id2label"].items()}
     return id2label, {v: k for k, v in id2label.items()}
 
 
-def load_teacher(
-    teacher: TeacherConfig, tokenizer: PreTrainedTokenizerBase, data: Artifact, max_length: int
-) -> PreTrainedModel:
-    """A sequence classifier with a fresh head sized to the data's labels."""
-    id2label, label2id = label_maps(data)
+def load_teacher(teacher: TeacherConfig, tokenizer: PreTrainedTokenizerBase, id2label: dict[int, str],
+                 max_length: int, auto_model) -> PreTrainedModel:
+    """The task's model (`auto_model`, a transformers Auto class) with a fresh head sized to the
+    data's labels."""
+    label2id = {v: k for k, v in id2label.items()}
     if teacher.model == "random":
         assert teacher.random is not None
         config = random_bert_config(teacher.random, len(tokenizer), max_length)
         config.update({"num_labels": len(id2label), "id2label": id2label, "label2id": label2id})
-        return AutoModelForSequenceClassification.from_config(config)
+        return auto_model.from_config(config)
     source = resolve_model_source(teacher.model)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        return auto_model.from_pretrained(
             source, num_labels=len(id2label), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True,
         )
@@ -152,8 +148,8 @@ def load_teacher(
         raise _hub_error(teacher.model, exc) from None
 
 
-def load_classifier(path: Path) -> PreTrainedModel:
-    return AutoModelForSequenceClassification.from_pretrained(path)
+def load_model(path: Path, auto_model) -> PreTrainedModel:
+    return auto_model.from_pretrained(path)
 
 
 def _encoder_layers(model: PreTrainedModel):
@@ -183,13 +179,14 @@ def shrink_by_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedMod
     return student
 
 
-def load_student_from(name: str, data: Artifact, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+def load_student_from(name: str, id2label: dict[int, str], tokenizer: PreTrainedTokenizerBase,
+                      auto_model) -> PreTrainedModel:
     """A separately given (smaller) model; it must share the teacher's tokenizer vocabulary."""
-    id2label, label2id = label_maps(data)
+    label2id = {v: k for k, v in id2label.items()}
     source = resolve_model_source(name)
     try:
         config = AutoConfig.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_model.from_pretrained(
             source, num_labels=len(id2label), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True,
         )
@@ -203,23 +200,9 @@ def load_student_from(name: str, data: Artifact, tokenizer: PreTrainedTokenizerB
     return model
 
 
-def load_tokenized(data: Artifact) -> DatasetDict:
-    return load_from_disk(str(data.output("dataset")))
-
-
-def model_inputs_only(ds: DatasetDict) -> DatasetDict:
-    """Keep what the model and collator consume: token ids plus `labels`."""
-    keep = set(MODEL_INPUTS) | {"label"}
-    drop = [c for c in ds["train"].column_names if c not in keep]
-    return ds.remove_columns(drop).rename_column("label", "labels")
-
-
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    preds = np.asarray(logits).argmax(-1)
-    return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, average="macro")),
-    }
+def load_splits_dir(path: Path) -> DatasetDict:
+    """The data stage's saved splits."""
+    return load_from_disk(str(path))
 
 
 def count_parameters(model: PreTrainedModel) -> int:

@@ -103,3 +103,35 @@ def attention_kl(
     if not losses:
         raise ValueError("attention_kl needs at least one mapped pair of encoder layers (index >= 1)")
     return torch.stack(losses).mean()
+
+
+def token_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_word_logits: torch.Tensor,
+    labels: torch.Tensor,
+    word_start: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Token classification: alpha * CE(gold tags) + (1 - alpha) * T^2 * KL at word level.
+
+    student_logits [B, L, C]; teacher_word_logits [N, C], one row per word-start position of
+    `word_start` [B, L] (row-major order), so teacher and student may split words into different
+    pieces; labels [B, L] with -100 where no tag is learned. CE averages over labelled positions,
+    KL over words (batchmean)."""
+    num_labels = student_logits.shape[-1]
+    labelled = labels != IGNORE_LABEL
+    if labelled.any():
+        hard = F.cross_entropy(student_logits[labelled], labels[labelled])
+    else:
+        hard = student_logits.sum() * 0.0
+    starts = word_start.bool()
+    student_words = student_logits[starts]
+    if student_words.shape[0] != teacher_word_logits.shape[0]:
+        raise ValueError(f"{student_words.shape[0]} word starts but {teacher_word_logits.shape[0]} "
+                         "teacher rows: the targets are not aligned with the words")
+    if student_words.shape[0]:
+        soft = soft_target_kl(student_words.reshape(-1, num_labels), teacher_word_logits, temperature)
+    else:
+        soft = student_logits.sum() * 0.0
+    return alpha * hard + (1.0 - alpha) * soft

@@ -6,14 +6,12 @@ import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
 
 from pipeline.config import RuntimeConfig
 from stages._hf import MODEL_INPUTS
@@ -42,31 +40,9 @@ def make_session(
     return ort.InferenceSession(str(path), sess_options=opts, providers=provider_list or providers(runtime))
 
 
-def padded_batches(
-    ds: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, max_length: int
-) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Yield (inputs as int64, padded to the longest in the batch, labels), tokenizing the raw text
-    with the given model's own tokenizer (a vocabulary-trimmed student has different ids)."""
-    for start in range(0, len(ds), batch_size):
-        rows = ds[start : start + batch_size]
-        enc = tokenizer(rows["text"], rows.get("text_pair"), padding=True, truncation=True,
-                        max_length=max_length, return_tensors="np")
-        yield {k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS}, np.asarray(rows["label"])
-
-
 def session_feed(session: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = {i.name for i in session.get_inputs()}
     return {k: v for k, v in batch.items() if k in names}
-
-
-def onnx_logits(
-    session: ort.InferenceSession, ds: Dataset, tokenizer, max_length: int, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    logits, labels = [], []
-    for batch, y in padded_batches(ds, tokenizer, batch_size, max_length):
-        logits.append(session.run(["logits"], session_feed(session, batch))[0])
-        labels.append(y)
-    return np.concatenate(logits), np.concatenate(labels)
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -112,14 +88,43 @@ def latency_stats(ms: np.ndarray) -> dict[str, float]:
     return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"mean_ms": float(ms.mean())}
 
 
+def single_inputs(tokenizer, texts: list, max_length: int) -> list[dict[str, np.ndarray]]:
+    """Each text (or [text, pair]) tokenized alone, at its own length: a batch-1 request."""
+    singles = []
+    for text in texts:
+        pair = isinstance(text, list | tuple)
+        enc = tokenizer([text[0]] if pair else [text], [text[1]] if pair else None, truncation=True,
+                        max_length=max_length, return_tensors="np")
+        singles.append({k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS})
+    return singles
+
+
 def real_sentence_latency(
-    predict: Callable[[dict[str, np.ndarray]], object], tokenizer, texts: list[str], max_length: int,
+    predict: Callable[[dict[str, np.ndarray]], object], tokenizer, texts: list, max_length: int,
     warmup: int, iterations: int,
 ) -> dict[str, float]:
     """Batch-1 latency over real sentences, each at its own length (what a request really costs),
     cycling through `texts`."""
-    singles = [{k: v.astype(np.int64) for k, v in tokenizer([t], truncation=True, max_length=max_length,
-                                                             return_tensors="np").items()} for t in texts]
+    singles = single_inputs(tokenizer, texts, max_length)
     cursor = iter(range(10**9))
     ms = time_calls(lambda: predict(singles[next(cursor) % len(singles)]), warmup, iterations)
     return latency_stats(ms)
+
+
+def interleaved_rounds(predictors: dict[str, Callable[[dict[str, np.ndarray]], object]], tokenizer,
+                       texts: list, max_length: int, rounds: int, iterations: int,
+                       warmup: int = 5) -> dict[str, list[float]]:
+    """Batch-1 p50 per round for each predictor over the same real sentences, the predictors
+    taking turns every round: machine noise hits them alike, and the spread of a predictor's rounds
+    is the noise its comparison with another must exceed."""
+    singles = single_inputs(tokenizer, texts, max_length)
+    for predict in predictors.values():
+        for batch in singles[:warmup]:
+            predict(batch)
+    per_round: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predict in predictors.items():
+            cursor = iter(range(10**9))
+            ms = time_calls(lambda p=predict, c=cursor: p(singles[next(c) % len(singles)]), 0, iterations)
+            per_round[name].append(float(np.percentile(ms, 50)))
+    return per_round

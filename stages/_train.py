@@ -6,10 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import (
-    DataCollatorWithPadding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -19,7 +17,8 @@ from transformers import (
 
 from pipeline.config import RuntimeConfig, TrainConfig
 from pipeline.tracking import Tracker
-from stages._hf import classification_metrics, count_parameters, dir_size_mb
+from stages._hf import count_parameters, dir_size_mb
+from stages.tasks.base import Task, rows_from_padded
 
 log = logging.getLogger("bertpress.train")
 
@@ -33,7 +32,8 @@ def use_cpu(runtime: RuntimeConfig) -> bool:
     return runtime.device == "cpu" or (runtime.device == "auto" and not torch.cuda.is_available())
 
 
-def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path, seed: int) -> TrainingArguments:
+def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path, seed: int,
+                       task: Task) -> TrainingArguments:
     # Best-model selection needs evaluation and saving on the same schedule.
     schedule = ({"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": train.checkpoint_steps,
                  "save_steps": train.checkpoint_steps} if train.checkpoint_steps
@@ -50,8 +50,8 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
         warmup_ratio=train.warmup_ratio,
         save_total_limit=2,  # the best and the latest (to resume from)
         load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        greater_is_better=True,
+        metric_for_best_model=task.primary_metric,
+        greater_is_better=task.greater_is_better,
         logging_steps=train.logging_steps,
         report_to=[],  # MLflow is logged through our tracker, once, in our naming
         seed=seed,
@@ -81,17 +81,6 @@ class TrackerCallback(TrainerCallback):
         self.tracker.log_metrics(renamed, step=state.global_step)
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return classification_metrics(np.asarray(logits), np.asarray(labels))
-
-
-def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:
-    return DataCollatorWithPadding(tokenizer)  # dynamic padding: pad to the longest in the batch
-
-
 # What a checkpoint needs to resume exactly; the trainer state is written last.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
@@ -104,24 +93,48 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for path in found:
-        if all((path / name).is_file() for name in CHECKPOINT_FILES) and any(path.glob("model*.safetensors")):
+        if (all((path / name).is_file() for name in CHECKPOINT_FILES) and any(path.glob("model*.safetensors"))
+                and _readable_json(path / "trainer_state.json")):
             return str(path)
         log.warning("skipping incomplete checkpoint %s (interrupted while saving)", path)
     return None
 
 
-def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset) -> dict[str, float]:
+def _readable_json(path: Path) -> bool:
+    """A kill during the write leaves the state file empty or cut short."""
+    import json
+
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset, task: Task) -> dict[str, float]:
     """Train (resuming from the last complete checkpoint in `scratch` if one exists), then score
-    the best model on validation and test."""
+    the best model on validation and test with the task's metrics."""
     last = last_complete_checkpoint(scratch / "checkpoints")
     if last:
         log.info("resuming from checkpoint %s", last)
     result = trainer.train(resume_from_checkpoint=last)
     metrics = {"train/final_loss": float(result.training_loss), "train/runtime_s": result.metrics["train_runtime"]}
     for split, ds in (("eval", trainer.eval_dataset), ("test", test_dataset)):
-        scores = trainer.evaluate(ds, metric_key_prefix=split)
-        metrics |= {f"{split}/accuracy": scores[f"{split}_accuracy"], f"{split}/macro_f1": scores[f"{split}_macro_f1"]}
+        scores = evaluate(trainer, ds, task)
+        metrics |= {f"{split}/{name}": value for name, value in scores.items() if not isinstance(value, dict)}
     return metrics
+
+
+def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:
+    """The task's metrics of the trainer's model on `features`."""
+    bound, trainer.compute_metrics = trainer.compute_metrics, None  # it is bound to validation
+    try:
+        predictions = trainer.predict(features).predictions
+    finally:
+        trainer.compute_metrics = bound
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    return task.metrics(rows_from_padded(predictions, [len(i) for i in features["input_ids"]]), features)
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """baseline stage: the fine-tuned teacher through Optimum's stock path, exactly as its docs show it
-(export -> ORTOptimizer O2 -> ORTQuantizer dynamic INT8 with the CPU's AutoQuantizationConfig), so
-the benchmark can show what bertpress gains over what users would otherwise do.
+(the task's ORTModelFor* export -> ORTOptimizer O2 -> ORTQuantizer dynamic INT8 with the CPU's
+AutoQuantizationConfig), so the benchmark can show what bertpress gains over what users would
+otherwise do.
 
 If the stock path fails (Optimum's quantizer does not type the fused com.microsoft ops and has no
 option to), we record the error and take the step users take next: dynamic INT8 of the unfused
@@ -14,12 +15,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+from optimum.onnxruntime import ORTOptimizer, ORTQuantizer
 from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
 
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import save_json
 from stages._onnx import cpu_features, file_mb, op_counts
+from stages.tasks import get_task
 
 
 def quantization_config(features: dict[str, bool]):
@@ -38,10 +40,10 @@ def _only_onnx(folder: Path) -> Path:
 
 
 def run(ctx: StageContext) -> StageResult:
-    teacher_dir = ctx.input("finetune").output("model")
+    teacher_dir = ctx.path("teacher_model")
     exported, optimized, int8 = ctx.out / "onnx", ctx.out / "o2", ctx.out / "int8"
     ctx.log.info("stock Optimum path: export -> O2 -> dynamic INT8 of %s", teacher_dir)
-    model = ORTModelForSequenceClassification.from_pretrained(teacher_dir, export=True)
+    model = get_task(ctx.cfg).ort_model.from_pretrained(teacher_dir, export=True)
     model.save_pretrained(exported)
     ORTOptimizer.from_pretrained(model).optimize(
         save_dir=optimized, optimization_config=AutoOptimizationConfig.O2()
@@ -70,6 +72,6 @@ def run(ctx: StageContext) -> StageResult:
         metrics={"model/stock_int8_size_mb": report["size_mb"],
                  "baseline/o2_int8_failed": float("o2_int8_error" in report)},
         outputs={"stock_int8": f"int8/{final.name}", "stock_int8_dir": "int8",
-                 "report": "baseline_report.json"},
+                 "baseline_report": "baseline_report.json"},
         info={"path": report["path"], "error": report.get("o2_int8_error")},
     )

@@ -1,6 +1,7 @@
-"""benchmark stage: every variant (teacher/student, PyTorch/ONNX/INT8) measured by the same code
-in the same process: test accuracy and macro-F1, batch-1 latency p50/p90/p99 on real test sentences
-(unpadded) and padded to each configured length, throughput at the throughput batch size, and size.
+"""benchmark stage: every variant (teacher/student, PyTorch/ONNX/INT8, Optimum's stock INT8
+teacher) measured by the same code in the same process: the task's test metrics (its primary metric
+first), batch-1 latency p50/p90/p99 on real test sentences (unpadded) and padded to each configured
+length, throughput at the throughput batch size, and size.
 
 Also: resident memory per variant, CPU ISA flags, the Pareto front, and a sweep over batch size x
 sequence length x threads for the configured variants.
@@ -22,24 +23,19 @@ from transformers import AutoTokenizer
 
 from pipeline.stage import StageContext, StageResult
 from stages._fp16 import io_bound
-from stages._hf import (
-    classification_metrics,
-    dir_size_mb,
-    load_classifier,
-    load_tokenized,
-    save_json,
-)
+from stages._hf import MODEL_INPUTS, dir_size_mb, load_model, load_splits_dir, save_json
 from stages._onnx import (
     cpu_features,
     file_mb,
     latency_stats,
     make_session,
-    padded_batches,
     providers,
     real_sentence_latency,
     session_feed,
     time_calls,
 )
+from stages.tasks import get_task
+from stages.tasks.base import Task, predict_rows
 
 Batch = dict[str, np.ndarray]
 
@@ -54,8 +50,8 @@ class Variant:
     tokenizer_dir: Path  # each model is fed by its own tokenizer (a trimmed vocabulary differs)
 
 
-def pytorch_variant(name: str, model_dir: Path, threads: int | None = None) -> Variant:
-    model = load_classifier(model_dir).eval()
+def pytorch_variant(name: str, model_dir: Path, task: Task, threads: int | None = None) -> Variant:
+    model = load_model(model_dir, task.auto_model).eval()
 
     def predict(batch: Batch) -> np.ndarray:
         if threads:
@@ -80,19 +76,20 @@ def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path |
                    tokenizer_dir or path.parent)
 
 
-def fixed_length_batch(tokenizer, texts: list[str], length: int) -> Batch:
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
-    return {k: v.astype(np.int64) for k, v in enc.items()}
+def fixed_length_batch(tokenizer, texts: list, length: int) -> Batch:
+    pairs = bool(texts) and isinstance(texts[0], list | tuple)
+    first = [t[0] for t in texts] if pairs else texts
+    second = [t[1] for t in texts] if pairs else None
+    enc = tokenizer(first, second, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS}
 
 
-def measure(variant: Variant, test, texts: list[str], bcfg, max_length: int, log) -> dict[str, object]:
+def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
-    logits, labels = [], []
-    for batch, y in padded_batches(test, tokenizer, 64, max_length):
-        logits.append(variant.predict(batch))
-        labels.append(y)
-    result: dict[str, object] = classification_metrics(np.concatenate(logits), np.concatenate(labels))
+    features = task.features(test, tokenizer)
+    result: dict[str, object] = task.metrics(predict_rows(variant.predict, features, tokenizer), features)
     result |= {"runtime": variant.runtime, "size_mb": variant.size_mb, "path": str(variant.path)}
+    max_length = task.cfg.data.max_length
 
     result["latency_real"] = real_sentence_latency(
         variant.predict, tokenizer, texts, max_length, bcfg.warmup, bcfg.iterations)
@@ -105,21 +102,22 @@ def measure(variant: Variant, test, texts: list[str], bcfg, max_length: int, log
         result["by_length"][str(length)] = latency_stats(lat) | {
             "throughput_per_s": bcfg.throughput_batch_size / (np.median(thr) / 1000.0)
         }
-    log.info("%-22s acc %.4f  p50 %.2f ms (real)  %.1f MB", variant.name, result["accuracy"],
-             result["latency_real"]["p50_ms"], variant.size_mb)
+    log.info("%-22s %s %.4f  p50 %.2f ms (real)  %.1f MB", variant.name, task.primary_metric,
+             result[task.primary_metric], result["latency_real"]["p50_ms"], variant.size_mb)
     return result
 
 
-def markdown_table(results: dict[str, dict], bcfg, baseline: str) -> str:
+def markdown_table(results: dict[str, dict], bcfg, baseline: str, metric_labels: dict[str, str]) -> str:
     lengths = [str(n) for n in bcfg.seq_lengths]
-    head = ["variant", "runtime", "test acc", "macro-F1", "p50 ms (real, bs1)", "p99 ms (real, bs1)"]
+    head = ["variant", "runtime", *(f"test {label}" for label in metric_labels.values()),
+            "p50 ms (real, bs1)", "p99 ms (real, bs1)"]
     head += [f"p50 ms (len {n}, bs{bcfg.latency_batch_size})" for n in lengths]
     head += [f"throughput/s (len {n}, bs{bcfg.throughput_batch_size})" for n in lengths]
     head += ["size MB", f"speed-up vs {baseline}"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_p50 = results[baseline]["latency_real"]["p50_ms"] if baseline in results else None
     for name, r in results.items():
-        cells = [name, r["runtime"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+        cells = [name, r["runtime"], *(f"{r[m]:.4f}" for m in metric_labels),
                  f"{r['latency_real']['p50_ms']:.2f}", f"{r['latency_real']['p99_ms']:.2f}"]
         cells += [f"{r['by_length'][n]['p50_ms']:.2f}" for n in lengths]
         cells += [f"{r['by_length'][n]['throughput_per_s']:.0f}" for n in lengths]
@@ -129,7 +127,7 @@ def markdown_table(results: dict[str, dict], bcfg, baseline: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def plot(results: dict[str, dict], path: Path, front: list[str]) -> None:
+def plot(results: dict[str, dict], path: Path, front: list[str], metric: str, label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,16 +135,16 @@ def plot(results: dict[str, dict], path: Path, front: list[str]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in results.items():
-        x, y = r["latency_real"]["p50_ms"], r["accuracy"]
+        x, y = r["latency_real"]["p50_ms"], r[metric]
         ax.scatter(x, y, s=30 + 4 * r["size_mb"], alpha=0.7)
         ax.annotate(f"{name} ({r['size_mb']:.0f} MB)", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    frontier = [(results[n]["latency_real"]["p50_ms"], results[n]["accuracy"]) for n in front]
+    frontier = [(results[n]["latency_real"]["p50_ms"], results[n][metric]) for n in front]
     ax.step(*zip(*frontier, strict=True), where="post", color="grey", linestyle="--", label="Pareto front")
     ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 p50 latency on real test sentences (ms, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs latency (marker area ~ size)")
+    ax.set_ylabel(f"test {label}")
+    ax.set_title(f"{label} vs latency (marker area ~ size)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -177,7 +175,8 @@ def sweep(make: Callable[[int | None], Variant], scfg, texts: list[str], log) ->
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Names of the points no other point beats on both latency (lower) and accuracy (higher)."""
+    """Names of the points no other point beats on both latency (lower) and the primary metric
+    (higher)."""
     front, best = [], -1.0
     for name, (_latency, accuracy) in sorted(points.items(), key=lambda kv: (kv[1][0], -kv[1][1])):
         if accuracy > best:
@@ -229,30 +228,29 @@ def sweep_markdown(sweeps: dict[str, dict]) -> str:
 
 def run(ctx: StageContext) -> StageResult:
     cfg, bcfg = ctx.cfg, ctx.cfg.benchmark
+    task = get_task(cfg)
+    metric, labels = task.primary_metric, task.metric_labels
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
-    data = ctx.input("data")
-    test = load_tokenized(data)["test"]
+    test = load_splits_dir(ctx.path("dataset"))["test"]
     if bcfg.max_eval_samples and len(test) > bcfg.max_eval_samples:
         test = test.select(range(bcfg.max_eval_samples))
-    texts = list(test["text"][: max(bcfg.iterations, bcfg.throughput_batch_size)])
+    texts = task.timing_inputs(test)[: max(bcfg.iterations, bcfg.throughput_batch_size)]
 
-    export, quantize = ctx.input("export"), ctx.input("quantize")
-    teacher_dir = ctx.input("finetune").output("model")
+    teacher_dir = ctx.path("teacher_model")
     builders: dict[str, Callable[[int | None], Variant]] = {
-        "teacher-pytorch": lambda t: pytorch_variant("teacher-pytorch", teacher_dir, t),
-        "teacher-onnx": lambda t: onnx_variant("teacher-onnx", export.output("teacher_best"), ctx, threads=t),
+        "teacher-pytorch": lambda t: pytorch_variant("teacher-pytorch", teacher_dir, task, t),
+        "teacher-onnx": lambda t: onnx_variant("teacher-onnx", ctx.path("teacher_best"), ctx, threads=t),
         "teacher-stock-int8": lambda t: onnx_variant(
-            "teacher-stock-int8", ctx.input("baseline").output("stock_int8"), ctx, teacher_dir, t),
-        "student-pytorch": lambda t: pytorch_variant("student-pytorch", ctx.input("distill").output("model"), t),
-        "student-onnx": lambda t: onnx_variant("student-onnx", export.output("student_best"), ctx, threads=t),
-        "student-int8": lambda t: onnx_variant("student-int8", quantize.output("student_int8"), ctx, threads=t),
+            "teacher-stock-int8", ctx.path("stock_int8"), ctx, teacher_dir, t),
+        "student-pytorch": lambda t: pytorch_variant("student-pytorch", ctx.path("student_model"), task, t),
+        "student-onnx": lambda t: onnx_variant("student-onnx", ctx.path("student_best"), ctx, threads=t),
+        "student-int8": lambda t: onnx_variant("student-int8", ctx.path("student_int8"), ctx, threads=t),
     }
-    if "student_fp16" in quantize.manifest.get("outputs", {}) and "CUDAExecutionProvider" in providers(cfg.runtime):
+    if ctx.has("student_fp16") and "CUDAExecutionProvider" in providers(cfg.runtime):
         # fp16 pays only on a GPU: measured there, with IO binding; skipped on CPU-only machines.
         builders["student-fp16"] = lambda t: onnx_variant(
-            "student-fp16", quantize.output("student_fp16"), ctx, quantize.output("student_fp16_dir"), t,
-            io_binding=True)
+            "student-fp16", ctx.path("student_fp16"), ctx, ctx.path("student_fp16_dir"), t, io_binding=True)
     if not bcfg.include_pytorch:
         builders = {n: b for n, b in builders.items() if not n.endswith("pytorch")}
 
@@ -260,7 +258,7 @@ def run(ctx: StageContext) -> StageResult:
     for name, make in builders.items():
         before = rss_mb()
         variant = make(None)  # built one at a time so only one model is resident while timing
-        results[name] = measure(variant, test, texts, bcfg, cfg.data.max_length, ctx.log)
+        results[name] = measure(variant, test, texts, bcfg, task, ctx.log)
         results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
         del variant
     sweeps: dict[str, dict] = {}
@@ -272,27 +270,28 @@ def run(ctx: StageContext) -> StageResult:
 
     baseline = "teacher-pytorch" if "teacher-pytorch" in results else "teacher-onnx"
     report = {
+        "task": task.name, "primary_metric": metric, "metric_labels": labels,
         "cpu": cpu_features(), "threads": cfg.runtime.threads or os.cpu_count(),
         "test_examples": len(test), "baseline": baseline, "variants": results,
-        "pareto_front": pareto_front({n: (r["latency_real"]["p50_ms"], r["accuracy"]) for n, r in results.items()}),
+        "pareto_front": pareto_front({n: (r["latency_real"]["p50_ms"], r[metric]) for n, r in results.items()}),
         "sweep": sweeps, "settings": bcfg.model_dump(),
     }
     save_json(ctx.out / "benchmark.json", report)
-    table = markdown_table(results, bcfg, baseline)
-    header = (f"Test set: {len(test)} examples. CPU: {report['cpu']['model']} "
+    table = markdown_table(results, bcfg, baseline, labels)
+    header = (f"Task: {task.name}. Test set: {len(test)} examples. CPU: {report['cpu']['model']} "
               f"({report['threads']} threads, AVX512-VNNI: {report['cpu']['avx512_vnni']}).\n\n")
     isa = ", ".join(f"{k}: {v}" for k, v in report["cpu"].items() if k not in ("model", "cores"))
-    pareto = f"\nPareto front (accuracy vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
+    pareto = f"\nPareto front ({labels[metric]} vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
     extra = f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
     (ctx.out / "results.md").write_text(header + table + pareto + f"\nCPU features: {isa}.\n" + extra)
-    plot(results, ctx.out / "accuracy_vs_latency.png", report["pareto_front"])
+    plot(results, ctx.out / "accuracy_vs_latency.png", report["pareto_front"], metric, labels[metric])
     plot_length(sweeps, results, ctx.out / "latency_vs_length.png", report["threads"])
     for name in ("benchmark.json", "results.md", "accuracy_vs_latency.png", "latency_vs_length.png"):
         ctx.tracker.log_artifact(ctx.out / name)
 
     metrics: dict[str, float] = {}
     for name, r in results.items():
-        metrics[f"bench/{name}/test_accuracy"] = r["accuracy"]
+        metrics |= {f"bench/{name}/test_{m}": r[m] for m in labels}
         metrics[f"bench/{name}/size_mb"] = r["size_mb"]
         metrics[f"bench/{name}/latency_p50_ms"] = r["latency_real"]["p50_ms"]
         metrics[f"bench/{name}/latency_p99_ms"] = r["latency_real"]["p99_ms"]
@@ -305,6 +304,6 @@ def run(ctx: StageContext) -> StageResult:
             metrics[f"sweep/{name}/{cell}/p50_ms"] = v["p50_ms"]
     return StageResult(
         metrics=metrics,
-        outputs={"report": "benchmark.json", "table": "results.md", "plot": "accuracy_vs_latency.png",
-                 "length_plot": "latency_vs_length.png"},
+        outputs={"benchmark_report": "benchmark.json", "results_table": "results.md",
+                 "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"},
     )

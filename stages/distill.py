@@ -14,35 +14,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from datasets import Dataset, Value
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Trainer, set_seed
 
 from pipeline.config import DistillConfig, IntermediateConfig
 from pipeline.stage import StageContext, StageError, StageResult
-from stages._augment import augment_corpus
 from stages._hf import (
-    MODEL_INPUTS,
-    load_classifier,
+    label_maps,
+    load_model,
+    load_splits_dir,
     load_student_from,
-    load_tokenized,
-    model_inputs_only,
     save_json,
     shrink_by_layers,
 )
-from stages._losses import (
-    IGNORE_LABEL,
-    attention_kl,
-    distillation_loss,
-    hidden_state_mse,
-    uniform_layer_map,
-)
+from stages._losses import attention_kl, hidden_state_mse, uniform_layer_map
 from stages._train import (
     TrackerCallback,
-    compute_metrics,
     configure_torch,
-    make_collator,
+    evaluate,
     save_model,
     train_and_evaluate,
     training_arguments,
@@ -56,19 +45,20 @@ from stages._vocab import (
     verify_trim,
 )
 from stages._width import shrink_width
-
-TEACHER_LOGITS = "teacher_logits"  # a column only when the student's vocabulary differs
+from stages.tasks import get_task
+from stages.tasks.base import TEACHER_LOGITS, Task
 
 
 class DistillationTrainer(Trainer):
-    """A Trainer whose change is the loss: the teacher's logits enter through KL, and optionally
-    its hidden states (MSE, through a learned projection when widths differ) and attention
-    distributions (KL) for the mapped layers."""
+    """A Trainer whose change is the loss: the teacher's logits (live, or precomputed as a column)
+    enter through the task's distillation loss, and optionally its hidden states (MSE, through a
+    learned projection when widths differ) and attention distributions (KL) for mapped layers."""
 
-    def __init__(self, *args, teacher: torch.nn.Module, temperature: float, alpha: float,
+    def __init__(self, *args, task: Task, teacher: torch.nn.Module, temperature: float, alpha: float,
                  intermediate: IntermediateConfig | None = None,
                  layer_map: list[tuple[int, int]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.task = task
         self.teacher = teacher.to(self.args.device).eval()
         self.temperature = temperature
         self.alpha = alpha
@@ -105,26 +95,24 @@ class DistillationTrainer(Trainer):
         return optimizer
 
     def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()  # keep the column the model doesn't take
-        if TEACHER_LOGITS not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, TEACHER_LOGITS]
+        super()._set_signature_columns_if_needed()  # keep the columns the model doesn't take
+        extra = [c for c in self.task.distillation_columns if c not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        precomputed = inputs.get(TEACHER_LOGITS)  # the student reads other pieces (budget trim)
-        features = {k: v for k, v in inputs.items() if k not in ("labels", TEACHER_LOGITS)}
+        side = {k: inputs[k] for k in ("labels", *self.task.distillation_columns) if k in inputs}
+        features = {k: v for k, v in inputs.items() if k not in side}
         extra = {}
         if self.intermediate and model.training:
             extra = {"output_hidden_states": self.intermediate.hidden_weight > 0,
                      "output_attentions": self.intermediate.attention_weight > 0}
         outputs = model(**features, **extra)
-        if precomputed is not None:  # config forbids token-level losses here
-            teacher_logits = precomputed
-        else:
+        teacher_logits = side.get(TEACHER_LOGITS)  # precomputed: the student reads other pieces
+        if teacher_logits is None:  # config forbids token-level losses with precomputed targets
             with torch.no_grad():
                 teacher_out = self.teacher(**features, **extra)
             teacher_logits = teacher_out.logits
-        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.temperature, self.alpha)
+        loss = self.task.distillation_loss(outputs.logits, teacher_logits, side, self.temperature, self.alpha)
         mask = features["attention_mask"]
         if extra.get("output_hidden_states"):
             loss = loss + self.intermediate.hidden_weight * hidden_state_mse(
@@ -162,10 +150,10 @@ class BudgetVocab:
     tokenizer: PreTrainedTokenizerFast
 
 
-def make_student(dcfg: DistillConfig, teacher, data, tokenizer, budget: BudgetVocab | None = None):
+def make_student(dcfg: DistillConfig, teacher, id2label, tokenizer, task: Task, budget: BudgetVocab | None = None):
     spec = dcfg.student
     if spec.keep_layers is None:
-        student = load_student_from(spec.model, data, tokenizer)
+        student = load_student_from(spec.model, id2label, tokenizer, task.auto_model)
     else:
         student = shrink_by_layers(teacher, spec.keep_layers)
         if spec.narrower:
@@ -175,33 +163,36 @@ def make_student(dcfg: DistillConfig, teacher, data, tokenizer, budget: BudgetVo
     return student
 
 
-def build_trainer(ctx: StageContext, dcfg: DistillConfig, teacher, student, tokenizer, train, validation,
-                  scratch):
+def build_trainer(ctx: StageContext, task: Task, dcfg: DistillConfig, teacher, student, tokenizer, train,
+                  validation, scratch):
     return DistillationTrainer(
         model=student,
+        task=task,
         teacher=teacher,
         temperature=dcfg.temperature,
         alpha=dcfg.alpha,
         intermediate=dcfg.intermediate,
         layer_map=default_layer_map(dcfg, student.config.num_hidden_layers, teacher.config.num_hidden_layers),
-        args=training_arguments(dcfg, ctx.cfg.runtime, scratch, ctx.cfg.project.seed),
+        args=training_arguments(dcfg, ctx.cfg.runtime, scratch, ctx.cfg.project.seed, task),
         train_dataset=train,
         eval_dataset=validation,
-        data_collator=make_collator(tokenizer),
+        data_collator=task.collator_for_distillation(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=compute_metrics,
+        compute_metrics=task.trainer_metrics(validation),
         callbacks=[TrackerCallback(ctx.tracker)],
     )
 
 
-def search(ctx: StageContext, teacher, data, tokenizer, splits,
+def search(ctx: StageContext, task: Task, teacher, id2label, tokenizer, splits,
            budget: BudgetVocab | None = None) -> tuple[DistillConfig, list[dict]]:
-    """Optuna TPE over temperature, alpha and learning rate; objective = validation accuracy."""
+    """Optuna TPE over temperature, alpha and learning rate; objective = the task's primary
+    metric on validation."""
     import shutil
 
     import optuna
 
     dcfg, scfg = ctx.cfg.distill, ctx.cfg.distill.search
+    metric = task.primary_metric
     train = splits["train"]
     if scfg.max_train_samples and len(train) > scfg.max_train_samples:
         train = train.shuffle(seed=ctx.cfg.project.seed).select(range(scfg.max_train_samples))
@@ -218,52 +209,56 @@ def search(ctx: StageContext, teacher, data, tokenizer, splits,
         shutil.rmtree(scratch, ignore_errors=True)  # trials are cheap to redo; never resume one
         with ctx.tracker.child_run(f"trial-{trial.number}", values):
             set_seed(ctx.cfg.project.seed)
-            student = make_student(trial_cfg, teacher, data, tokenizer, budget)
-            trainer = build_trainer(ctx, trial_cfg, teacher, student, budget.tokenizer if budget else tokenizer,
-                                    train, splits["validation"], scratch)
+            student = make_student(trial_cfg, teacher, id2label, tokenizer, task, budget)
+            trainer = build_trainer(ctx, task, trial_cfg, teacher, student,
+                                    budget.tokenizer if budget else tokenizer, train, splits["validation"],
+                                    scratch)
             trainer.train()
-            accuracy = trainer.evaluate(metric_key_prefix="eval")["eval_accuracy"]
-            ctx.tracker.log_metrics({"eval/accuracy": accuracy})
+            score = evaluate(trainer, splits["validation"], task)[metric]
+            ctx.tracker.log_metrics({f"eval/{metric}": score})
         shutil.rmtree(scratch, ignore_errors=True)
-        trials.append(values | {"number": trial.number, "eval_accuracy": accuracy})
-        ctx.log.info("trial %d: %s -> validation accuracy %.4f", trial.number, values, accuracy)
-        return accuracy
+        trials.append(values | {"number": trial.number, f"eval_{metric}": score})
+        ctx.log.info("trial %d: %s -> validation %s %.4f", trial.number, values, metric, score)
+        return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize",
+    study = optuna.create_study(direction="maximize" if task.greater_is_better else "minimize",
                                 sampler=optuna.samplers.TPESampler(seed=ctx.cfg.project.seed))
     study.optimize(objective, n_trials=scfg.trials)
     best = study.best_params
-    ctx.log.info("best trial %d: %s (validation accuracy %.4f)", study.best_trial.number, best, study.best_value)
+    ctx.log.info("best trial %d: %s (validation %s %.4f)", study.best_trial.number, best, metric, study.best_value)
     return dcfg.model_copy(update=best), trials
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     dcfg = cfg.distill
+    task = get_task(cfg)
     configure_torch(cfg.runtime)
     set_seed(cfg.project.seed)
-    data = ctx.input("data")
-    tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))  # the teacher's
-    teacher = load_classifier(ctx.input("finetune").output("model"))
+    tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
+    raw = load_splits_dir(ctx.path("dataset"))
+    id2label, _ = label_maps(ctx.path("labels"))
+    teacher = load_model(ctx.path("teacher_model"), task.auto_model)
     info: dict = {}
     budget = None
-    if dcfg.trim_vocab.enabled and dcfg.trim_vocab.max_tokens is not None:
-        budget, info["trim_vocab"] = plan_budget_vocab(ctx, tokenizer)
-    splits, info["augment"] = distillation_splits(ctx, teacher, tokenizer, budget)
+    if dcfg.trim_vocab.max_tokens is not None:  # config: max_tokens implies enabled
+        budget, info["trim_vocab"] = plan_budget_vocab(ctx, task, raw, tokenizer)
+    student_tokenizer = budget.tokenizer if budget else tokenizer
+    splits, info["augment"] = task.distillation_data(ctx, raw, teacher, tokenizer, student_tokenizer,
+                                                     precompute=budget is not None)
     if dcfg.search.enabled:
-        dcfg, info["search_trials"] = search(ctx, teacher, data, tokenizer, splits, budget)
+        dcfg, info["search_trials"] = search(ctx, task, teacher, id2label, tokenizer, splits, budget)
         info["chosen"] = {k: getattr(dcfg, k) for k in ("temperature", "alpha", "learning_rate")}
         set_seed(cfg.project.seed)
-    student = make_student(dcfg, teacher, data, tokenizer, budget)
-    student_tokenizer = budget.tokenizer if budget else tokenizer
+    student = make_student(dcfg, teacher, id2label, tokenizer, task, budget)
     ctx.log.info(
         "student %.1fM parameters (%d layers) from a %.1fM teacher",
         student.num_parameters() / 1e6, student.config.num_hidden_layers, teacher.num_parameters() / 1e6,
     )
-    trainer = build_trainer(ctx, dcfg, teacher, student, student_tokenizer, splits["train"],
+    trainer = build_trainer(ctx, task, dcfg, teacher, student, student_tokenizer, splits["train"],
                             splits["validation"], ctx.scratch)
-    metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"])
+    metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"], task)
     if "chosen" in info:
         metrics |= {f"search/best_{k}": float(v) for k, v in info["chosen"].items()}
     trainer.model.set_attn_implementation("sdpa")  # the fast path for everything downstream
@@ -273,111 +268,35 @@ def run(ctx: StageContext) -> StageResult:
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/trimmed_size": float(len(budget.kept_ids)),
                     "vocab/validation_changed_share": info["trim_vocab"]["validation"]["changed_share"]}
     elif dcfg.trim_vocab.enabled:
-        model, student_tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, model, tokenizer)
+        model, student_tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, task, raw, model, tokenizer)
         metrics |= trim_metrics
     metrics |= save_model(model, student_tokenizer, ctx.out / "model")
     save_json(ctx.out / "metrics.json", metrics)
-    ctx.log.info("student test accuracy %.4f, macro-F1 %.4f", metrics["test/accuracy"], metrics["test/macro_f1"])
-    return StageResult(metrics=metrics, outputs={"model": "model", "metrics": "metrics.json"}, info=info)
+    ctx.log.info("student test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
+    return StageResult(metrics=metrics, outputs={"student_model": "model", "student_metrics": "metrics.json"},
+                       info=info)
 
 
-def augmentation_texts(ctx: StageContext, train_texts: list[str], mask_token: str) -> tuple[list[str], dict]:
-    """New inputs made from the training texts, plus the unlabelled in-domain file."""
-    acfg = ctx.cfg.distill.augment
-    extra = augment_corpus(train_texts, acfg.methods, acfg.copies, ctx.cfg.project.seed,
-                           mask_token, acfg.mask_prob) if acfg.methods else []
-    unlabeled = 0
-    if acfg.unlabeled_texts is not None:
-        if not acfg.unlabeled_texts.is_file():
-            raise StageError(f"distill.augment.unlabeled_texts: {acfg.unlabeled_texts} does not exist")
-        lines = [t.strip() for t in acfg.unlabeled_texts.read_text().splitlines() if t.strip()]
-        unlabeled = len(lines)
-        extra += lines
-    ctx.log.info("augmentation: %d new inputs (%d unlabelled) for %d training texts",
-                 len(extra), unlabeled, len(train_texts))
-    return extra, {"augmented": len(extra) - unlabeled, "unlabeled": unlabeled, "original": len(train_texts)}
-
-
-def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, labels) -> Dataset:
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    return Dataset.from_dict({k: enc[k] for k in MODEL_INPUTS if k in enc} | {"labels": list(labels)})
-
-
-def distillation_splits(ctx: StageContext, teacher, tokenizer, budget: BudgetVocab | None):
-    """Model inputs per split. Augmented / unlabelled texts join train with label -100 (soft targets
-    only). With a budget vocabulary the student reads its own pieces, so the teacher's logits are
-    computed once, on the teacher's pieces, and carried as a column."""
-    from datasets import DatasetDict, concatenate_datasets
-
-    raw = load_tokenized(ctx.input("data"))
-    splits = model_inputs_only(raw)
-    max_length, seed = ctx.cfg.data.max_length, ctx.cfg.project.seed
-    extra, info = [], None
-    if ctx.cfg.distill.augment.enabled:
-        extra, info = augmentation_texts(ctx, list(raw["train"]["text"]), tokenizer.mask_token)
-    unlabelled = [IGNORE_LABEL] * len(extra)
-    if budget is None:
-        if extra:
-            added = encode(tokenizer, extra, None, max_length, unlabelled)
-            train = splits["train"].cast_column("labels", Value("int64"))
-            merged = concatenate_datasets([train, added.cast(train.features)])
-            splits["train"] = merged.shuffle(seed=seed)
-        return splits, info
-    out = DatasetDict()
-    for name, split in raw.items():
-        pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
-        student = encode(budget.tokenizer, list(split["text"]), pairs, max_length, split["label"])
-        teacher_side = splits[name]
-        if name == "train" and extra:  # augmented texts come without a pair
-            student = concatenate_datasets(
-                [student, encode(budget.tokenizer, extra, None, max_length, unlabelled).cast(student.features)])
-            teacher_side = teacher_side.cast_column("labels", Value("int64"))
-            teacher_side = concatenate_datasets(
-                [teacher_side, encode(tokenizer, extra, None, max_length, unlabelled).cast(teacher_side.features)])
-        logits = teacher_logits(teacher, tokenizer, teacher_side, f"teacher logits ({name})")
-        out[name] = student.add_column(TEACHER_LOGITS, logits.tolist())
-    out["train"] = out["train"].shuffle(seed=seed)
-    return out, info
-
-
-@torch.no_grad()
-def teacher_logits(teacher, tokenizer, ds: Dataset, desc: str, batch_size: int = 64) -> np.ndarray:
-    """The teacher's logits for every row, batched by similar length (eval mode: deterministic)."""
-    from tqdm.auto import tqdm
-
-    teacher.eval()
-    collate = make_collator(tokenizer)
-    columns = {k: ds[k] for k in MODEL_INPUTS if k in ds.column_names}
-    order = np.argsort([len(ids) for ids in columns["input_ids"]], kind="stable")
-    out = np.zeros((len(ds), teacher.config.num_labels), dtype=np.float32)
-    for start in tqdm(range(0, len(ds), batch_size), desc=desc, leave=False):
-        rows = order[start : start + batch_size]
-        batch = collate([{k: v[i] for k, v in columns.items()} for i in rows]).to(teacher.device)
-        out[rows] = teacher(**batch).logits.float().cpu().numpy()
-    return out
-
-
-def plan_budget_vocab(ctx: StageContext, tokenizer) -> tuple[BudgetVocab, dict]:
+def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[BudgetVocab, dict]:
     """Cut the vocabulary to max_tokens from the train (+ extra in-domain) texts and report how
     the validation texts' pieces change (the student is then trained on the new pieces)."""
     tcfg = ctx.cfg.distill.trim_vocab
-    splits = load_tokenized(ctx.input("data"))
-    texts = domain_texts(ctx, splits, ("train",))
+    texts = domain_texts(ctx, task, raw, ("train",))
     kept = budget_token_ids(tokenizer, texts, tcfg.max_tokens, tcfg.keep_characters)
     budget = BudgetVocab(kept, trim_tokenizer(tokenizer, kept))
-    report = retokenization(tokenizer, budget.tokenizer, list(splits["validation"]["text"]), ctx.cfg.data.max_length)
+    report = retokenization(tokenizer, budget.tokenizer, task.texts(raw["validation"]), ctx.cfg.data.max_length)
     ctx.log.info("vocabulary budget: %d -> %d tokens; validation texts split differently: %.1f%%, "
                  "tokens per text %.1f -> %.1f", len(tokenizer), len(kept), 100 * report["changed_share"],
                  report["tokens_per_text_before"], report["tokens_per_text_after"])
     return budget, {"kept": len(kept), "original": len(tokenizer), "validation": report}
 
 
-def domain_texts(ctx: StageContext, splits, names: tuple[str, ...]) -> list[str]:
+def domain_texts(ctx: StageContext, task: Task, raw, names: tuple[str, ...]) -> list[str]:
     """Texts (and pairs) of the named splits plus distill.trim_vocab.extra_texts."""
     tcfg = ctx.cfg.distill.trim_vocab
-    texts = [t for name in names for t in splits[name]["text"]]
-    if "text_pair" in splits["train"].column_names:
-        texts += [t for name in names for t in splits[name]["text_pair"]]
+    texts = [t for name in names for t in task.texts(raw[name])]
+    if "text_pair" in raw["train"].column_names:
+        texts += [t for name in names for t in raw[name]["text_pair"]]
     if tcfg.extra_texts is not None:
         if not tcfg.extra_texts.is_file():
             raise StageError(f"distill.trim_vocab.extra_texts: {tcfg.extra_texts} does not exist")
@@ -385,19 +304,17 @@ def domain_texts(ctx: StageContext, splits, names: tuple[str, ...]) -> list[str]
     return texts
 
 
-def trim_student(ctx: StageContext, model, tokenizer):
+def trim_student(ctx: StageContext, task: Task, raw, model, tokenizer):
     """Vocabulary from the train and validation texts (+ extra in-domain text); the proof runs on
     validation: same token pieces, same predictions. Test texts are left out so the benchmark shows
     honestly what unseen words cost."""
     import copy
 
     tcfg = ctx.cfg.distill.trim_vocab
-    splits = load_tokenized(ctx.input("data"))
-    texts = domain_texts(ctx, splits, ("train", "validation"))
+    texts = domain_texts(ctx, task, raw, ("train", "validation"))
     original = copy.deepcopy(model).cpu()
     result = trim_vocabulary(model.cpu(), tokenizer, texts, tcfg.keep_characters)
-    proof = verify_trim(original, tokenizer, result, list(splits["validation"]["text"]),
-                        ctx.cfg.data.max_length)
+    proof = verify_trim(original, tokenizer, result, task.texts(raw["validation"]), ctx.cfg.data.max_length)
     ctx.log.info("vocabulary %d -> %d tokens; validation check %s",
                  result.original_size, len(result.kept_ids), proof)
     if proof["argmax_changes"] or proof["sequences_with_different_ids"] or proof["max_abs_logit_diff"] > 1e-4:

@@ -1,12 +1,15 @@
-"""export stage: teacher and student to ONNX (dynamic batch and sequence axes) via optimum, a parity
-check against PyTorch on real validation inputs, then onnxruntime's transformer fusions (attention,
-SkipLayerNorm, GELU, embeddings), with the parity check repeated on the fused graph.
+"""export stage: teacher and student to ONNX (dynamic batch and sequence axes) via optimum, with
+the task's export head, a parity check against PyTorch on real validation inputs, then
+onnxruntime's transformer fusions (attention, SkipLayerNorm, GELU, embeddings), with the parity
+check repeated on the fused graph.
 
 With export.embedding_outputs the student is exported with those outputs beside its logits
-(bertpress.pytorch's wrapper; optimum has no such head) and parity covers every output.
+(stages._multi_output's wrapper; optimum has no such head) and parity covers every output.
+Per-token outputs (token classification logits, sequence, hidden_states) are compared over real
+(unpadded) tokens only.
 
 Writes, for m in {teacher, student}: m/model.onnx, m/model_fused.onnx, m/config.json, tokenizer
-files, and parity.json.
+files, and parity.json (with the student's output names).
 """
 
 from __future__ import annotations
@@ -22,22 +25,25 @@ from onnxruntime.transformers.optimizer import optimize_model
 from optimum.exporters.onnx import main_export
 from transformers import AutoTokenizer
 
-from bertpress.pytorch import ClassifierWithEmbeddings, export_with_embeddings
 from pipeline.stage import StageContext, StageError, StageResult
-from stages._hf import load_classifier, load_tokenized, save_json
-from stages._onnx import file_mb, make_session, padded_batches, session_feed
+from stages._hf import MODEL_INPUTS, load_model, load_splits_dir, save_json
+from stages._multi_output import ModelWithEmbeddings, export_with_embeddings
+from stages._onnx import file_mb, make_session, session_feed
+from stages.tasks import get_task
+from stages.tasks.base import Task
 
 # Fused operators worth reporting (onnxruntime's names); counts of 0 are kept to show what failed.
 FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
              "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+PER_TOKEN = ("sequence", "hidden_states")
 log = logging.getLogger("bertpress.export")
 
 
-def to_onnx(model_dir: Path, out_dir: Path, opset: int) -> Path:
+def to_onnx(model_dir: Path, out_dir: Path, opset: int, task: str) -> Path:
     main_export(
         model_name_or_path=str(model_dir),
         output=out_dir,
-        task="text-classification",
+        task=task,
         opset=opset,
         device="cpu",
         do_validation=False,  # we validate on real data below, with our own tolerance
@@ -61,8 +67,11 @@ def fuse(onnx_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> d
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
 
 
-def export_student_with_embeddings(model_dir: Path, out_dir: Path, outputs: list[str], opset: int) -> Path:
-    path = export_with_embeddings(load_classifier(model_dir), out_dir / "model.onnx", outputs, opset)
+def export_student_with_embeddings(model_dir: Path, out_dir: Path, outputs: list[str], opset: int,
+                                   task: Task) -> Path:
+    model = load_model(model_dir, task.auto_model)
+    path = export_with_embeddings(model, out_dir / "model.onnx", outputs, opset, task.head_logits,
+                                  per_token_logits=task.per_token)
     # The same side files optimum writes next to its model: config and tokenizer.
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "vocab.txt"):
@@ -71,30 +80,35 @@ def export_student_with_embeddings(model_dir: Path, out_dir: Path, outputs: list
     return path
 
 
-def parity(model_dir: Path, onnx_path: Path, ds, max_length: int, runtime) -> dict[str, float]:
-    """ONNX vs PyTorch on real inputs: max |logit difference|, argmax disagreements and, for each
-    embedding output, the max |difference| over real (unpadded) tokens relative to its scale."""
+def parity(model_dir: Path, onnx_path: Path, raw, task: Task, runtime) -> dict[str, float]:
+    """ONNX vs PyTorch on real inputs: max |logit difference| and argmax disagreements (per token
+    for per-token logits) and, for each embedding output, the max |difference| over real
+    (unpadded) tokens relative to its scale."""
     session = make_session(onnx_path, runtime, provider_list=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    reference = ClassifierWithEmbeddings(load_classifier(model_dir), names[1:]).eval()
+    reference = ModelWithEmbeddings(load_model(model_dir, task.auto_model), names[1:], task.head_logits).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    features = task.features(raw, tokenizer)
+    columns = [c for c in MODEL_INPUTS if c in features.column_names]
     diffs = dict.fromkeys(names, 0.0)
     flips, n = 0, 0
-    for batch, _ in padded_batches(ds, tokenizer, 16, max_length):
-        feed = {k: torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    for start in range(0, len(features), 16):
+        chunk = features[start:start + 16]
+        rows = [{c: chunk[c][i] for c in columns} for i in range(len(chunk["input_ids"]))]
+        batch = {k: np.asarray(v, dtype=np.int64) for k, v in tokenizer.pad(rows, return_tensors="np").items()
+                 if k in columns}
         with torch.no_grad():
-            expected = [t.numpy() for t in reference(**feed)]
+            expected = [t.numpy() for t in reference(**{k: torch.from_numpy(v) for k, v in batch.items()})]
         got = session.run(names, session_feed(session, batch))
         mask = batch["attention_mask"].astype(bool)
         for name, want, have in zip(names, expected, got, strict=True):
             diff = np.abs(want - have)
-            if name == "sequence":
-                diff = diff[mask]
-            elif name == "hidden_states":
-                diff = diff[:, mask]
+            if name in PER_TOKEN or (name == "logits" and task.per_token):
+                diff = diff[:, mask] if name == "hidden_states" else diff[mask]
             scale = 1.0 if name == "logits" else max(1.0, float(np.abs(want).max()))
             diffs[name] = max(diffs[name], float(diff.max()) / scale)
-        flips += int((expected[0].argmax(-1) != got[0].argmax(-1)).sum())
+        changed = expected[0].argmax(-1) != got[0].argmax(-1)
+        flips += int((changed[mask] if task.per_token else changed).sum())
         n += len(got[0])
     result = {"max_abs_diff": diffs["logits"], "argmax_changes": flips, "examples": n}
     return result | {f"{name}_max_rel_diff": d for name, d in diffs.items() if name != "logits"}
@@ -102,24 +116,24 @@ def parity(model_dir: Path, onnx_path: Path, ds, max_length: int, runtime) -> di
 
 def run(ctx: StageContext) -> StageResult:
     cfg, ecfg = ctx.cfg, ctx.cfg.export
-    data = ctx.input("data")
-    validation = load_tokenized(data)["validation"]
+    task = get_task(cfg)
+    validation = load_splits_dir(ctx.path("dataset"))["validation"]
     sample = validation.select(range(min(ecfg.parity_samples, len(validation))))
 
     metrics: dict[str, float] = {}
     outputs: dict[str, str] = {}
     info: dict[str, dict] = {"parity": {}, "fused_ops": {}}
-    for role, stage in (("teacher", "finetune"), ("student", "distill")):
-        model_dir = ctx.input(stage).output("model")
+    for role in ("teacher", "student"):
+        model_dir = ctx.path(f"{role}_model")
         out_dir = ctx.out / role
         ctx.log.info("exporting the %s (%s) to ONNX", role, model_dir)
         if role == "student" and ecfg.embedding_outputs:
-            raw = export_student_with_embeddings(model_dir, out_dir, ecfg.embedding_outputs, ecfg.opset)
+            raw = export_student_with_embeddings(model_dir, out_dir, ecfg.embedding_outputs, ecfg.opset, task)
         else:
-            raw = to_onnx(model_dir, out_dir, ecfg.opset)
+            raw = to_onnx(model_dir, out_dir, ecfg.opset, task.export_task)
         checks = {"onnx": raw}
         if ecfg.optimize:
-            model_cfg = load_classifier(model_dir).config
+            model_cfg = load_model(model_dir, task.auto_model).config
             fused_path = out_dir / "model_fused.onnx"
             counts = fuse(raw, fused_path, model_cfg.num_attention_heads, model_cfg.hidden_size)
             info["fused_ops"][role] = counts
@@ -132,7 +146,7 @@ def run(ctx: StageContext) -> StageResult:
             checks["fused"] = fused_path
             outputs[f"{role}_fused"] = f"{role}/model_fused.onnx"
         for variant, path in checks.items():
-            result = parity(model_dir, path, sample, cfg.data.max_length, cfg.runtime)
+            result = parity(model_dir, path, sample, task, cfg.runtime)
             info["parity"][f"{role}_{variant}"] = result
             metrics[f"{role}/{variant}_max_abs_diff"] = result["max_abs_diff"]
             metrics[f"{role}/{variant}_size_mb"] = file_mb(path)
@@ -156,4 +170,3 @@ def run(ctx: StageContext) -> StageResult:
     save_json(ctx.out / "parity.json", info)
     ctx.tracker.log_artifact(ctx.out / "parity.json")
     return StageResult(metrics=metrics, outputs=outputs | {"parity": "parity.json"}, info=info)
-

@@ -1,7 +1,8 @@
 """finetune stage: fine-tune the teacher on the data with the transformers Trainer.
 
-Evaluates on validation every epoch, keeps the best checkpoint, scores it on test, and resumes
-from the last checkpoint if an earlier attempt was interrupted.
+The task gives the model class (its head), the inputs, the collator and the metrics; the best
+checkpoint by the task's primary metric on validation is kept, scored on test, and an interrupted
+attempt resumes from its last checkpoint.
 Writes: model/ (weights, config with id2label, tokenizer), metrics.json.
 """
 
@@ -10,40 +11,41 @@ from __future__ import annotations
 from transformers import AutoTokenizer, Trainer, set_seed
 
 from pipeline.stage import StageContext, StageResult
-from stages._hf import load_teacher, load_tokenized, model_inputs_only, save_json
+from stages._hf import label_maps, load_splits_dir, load_teacher, save_json
 from stages._train import (
     TrackerCallback,
-    compute_metrics,
     configure_torch,
-    make_collator,
     save_model,
     train_and_evaluate,
     training_arguments,
 )
+from stages.tasks import get_task
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
+    task = get_task(cfg)
     configure_torch(cfg.runtime)
     set_seed(cfg.project.seed)
-    data = ctx.input("data")
-    tokenizer = AutoTokenizer.from_pretrained(data.output("tokenizer"))
-    splits = model_inputs_only(load_tokenized(data))
-    model = load_teacher(cfg.teacher, tokenizer, data, cfg.data.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
+    raw = load_splits_dir(ctx.path("dataset"))
+    splits = {name: task.features(split, tokenizer) for name, split in raw.items()}
+    id2label, _ = label_maps(ctx.path("labels"))
+    model = load_teacher(cfg.teacher, tokenizer, id2label, cfg.data.max_length, task.auto_model)
     ctx.log.info("teacher %s: %.1fM parameters", cfg.teacher.model, model.num_parameters() / 1e6)
 
     trainer = Trainer(
         model=model,
-        args=training_arguments(cfg.finetune, cfg.runtime, ctx.scratch, cfg.project.seed),
+        args=training_arguments(cfg.finetune, cfg.runtime, ctx.scratch, cfg.project.seed, task),
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
-        data_collator=make_collator(tokenizer),
+        data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=compute_metrics,
+        compute_metrics=task.trainer_metrics(splits["validation"]),
         callbacks=[TrackerCallback(ctx.tracker)],
     )
-    metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"])
+    metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"], task)
     metrics |= save_model(trainer.model, tokenizer, ctx.out / "model")
     save_json(ctx.out / "metrics.json", metrics)
-    ctx.log.info("teacher test accuracy %.4f, macro-F1 %.4f", metrics["test/accuracy"], metrics["test/macro_f1"])
-    return StageResult(metrics=metrics, outputs={"model": "model", "metrics": "metrics.json"})
+    ctx.log.info("teacher test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
+    return StageResult(metrics=metrics, outputs={"teacher_model": "model", "teacher_metrics": "metrics.json"})

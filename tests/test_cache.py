@@ -89,12 +89,15 @@ def test_code_version_tracks_file_content(tmp_path: Path) -> None:
     src.write_text("x = 1\n")
 
     def spec() -> StageSpec:
-        return StageSpec("s", lambda ctx: StageResult(), (), (), (src,), "test stage")
+        return StageSpec(name="s", run=lambda ctx: StageResult(), consumes=(), produces=(), upstream=(),
+                         config_sections=(), code_files=(src,), description="test stage")
 
-    v1 = code_version(spec())
-    assert v1 == code_version(spec())
+    v1 = code_version(spec(), "sequence-classification")
+    assert v1 == code_version(spec(), "sequence-classification")
     src.write_text("x = 2\n")
-    assert code_version(spec()) != v1
+    assert code_version(spec(), "sequence-classification") != v1
+    # The configured task's module is part of every stage's version.
+    assert code_version(spec(), "token-classification") != code_version(spec(), "sequence-classification")
 
 
 def test_every_stage_hashes_its_own_file_and_the_helpers_it_uses() -> None:
@@ -303,10 +306,10 @@ def test_plan_chained_invalidation(load_tiny) -> None:
         ("data.max_length=16", set(STAGE_NAMES)),
         ("project.seed=1", set(STAGE_NAMES)),
         ("export.opset=18", {"export", "quantize", "benchmark", "release"}),
-        ("quantize.max_accuracy_drop=0.02", {"quantize", "benchmark", "release"}),
+        ("quantize.max_metric_drop=0.02", {"quantize", "benchmark", "release"}),
         ("benchmark.iterations=3", {"benchmark", "release"}),
         ("release.model_name=other", {"release"}),
-        ("gates.min_accuracy=0.9", set()),
+        ("gates.min_metric=0.9", set()),
     ],
 )
 def test_plan_invalidates_downstream_only(load_tiny, override: str, expected: set[str]) -> None:
@@ -363,6 +366,61 @@ def test_code_version_covers_only_the_helpers_a_stage_imports():
     from pipeline.registry import code_files
 
     names = {stage: {p.name for p in code_files(stage)} for stage in ("data", "finetune", "export")}
-    assert names["data"] == {"data.py", "_hf.py", "_sources.py"}
+    assert names["data"] == {"data.py", "_hf.py", "_sources.py", "_tables.py", "__init__.py", "base.py", "bundle.py",
+                             "errors.py"}
     assert "_train.py" in names["finetune"] and "_onnx.py" not in names["finetune"]
     assert "_onnx.py" in names["export"] and "_train.py" not in names["export"]
+
+
+def test_a_task_module_versions_only_its_own_task():
+    """Editing the entity-recognition task must not invalidate cached classification models."""
+    from pipeline.registry import REPO_DIR, task_code_files
+
+    def files(paths) -> set[str]:
+        return {str(p.relative_to(REPO_DIR)) for p in paths}
+
+    classification = files(task_code_files("sequence-classification"))
+    entities = files(task_code_files("token-classification"))
+    assert {"stages/tasks/sequence_classification.py", "bertpress/tasks/sequence_classification.py"} <= classification
+    assert {"stages/tasks/token_classification.py", "stages/tasks/ner_data.py", "bertpress/tasks/windows.py",
+            "bertpress/tasks/token_classification.py", "bertpress/tasks/entities.py"} <= entities
+    assert not {p for p in classification if "token_classification" in p or "ner_data" in p or "entities" in p}
+    assert not {p for p in entities if "sequence_classification" in p}
+    for spec in STAGES:  # the stages' own files never pull a task module in
+        assert not {p for p in files(spec.code_files) if p.endswith(("_classification.py", "ner_data.py"))}
+
+
+def test_stages_meet_only_through_declared_outputs():
+    from pipeline.registry import PRODUCER
+
+    for spec in STAGES:
+        assert set(spec.upstream) == {PRODUCER[name] for name in spec.consumes}, spec.name
+        assert set(spec.produces).isdisjoint({n for other in STAGES if other is not spec for n in other.produces})
+    assert PRODUCER["bundle"] == "release" and PRODUCER["dataset"] == "data"
+
+
+def _commit_built_from(store: ArtifactStore, stage: str, key: str, payload: str, upstream: dict) -> None:
+    tmp = store.begin(stage, key)
+    (tmp / "out.txt").write_text(payload)
+    inputs = {name: {"key": a.key, "content_sha256": a.content} for name, a in upstream.items()}
+    store.commit(tmp, stage, key, {"inputs": inputs, "outputs": {"out": "out.txt"}})
+
+
+def test_an_upstream_rerun_with_other_output_makes_what_follows_stale(load_tiny) -> None:
+    """`run quantize --force` picking another recipe must not leave benchmark and release 'done'."""
+    cfg = load_tiny()
+    store = ArtifactStore(cfg.runtime.artifacts_dir)
+    keys = _keys(cfg)
+    _commit_built_from(store, "data", keys["data"], "v1", {})
+    data = store.get("data", keys["data"])
+    _commit_built_from(store, "finetune", keys["finetune"], "teacher", {"data": data})
+    assert plan(cfg, store)["finetune"].status == "done"
+    # The same content again (a deterministic rerun): what follows stays valid.
+    _commit_built_from(store, "data", keys["data"], "v1", {})
+    assert plan(cfg, store)["finetune"].status == "done"
+    # Different content under the same key (a forced rerun that changed its output).
+    _commit_built_from(store, "data", keys["data"], "v2", {})
+    planned = plan(cfg, store)
+    assert planned["data"].status == "done"
+    assert planned["finetune"].status == "stale" and planned["finetune"].artifact is None
+    assert keys["finetune"] in planned["finetune"].stale_keys  # same key, rebuilt on the next run

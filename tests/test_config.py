@@ -406,8 +406,8 @@ def test_cli_run_unknown_stage() -> None:
     (["release.variant=teacher-int8"], "release.variant"),
     (["release.model_name=has space"], "release.model_name"),
     (["project.name=my project"], "set release.model_name"),
-    (["gates.max_accuracy_drop=-0.1"], "gates.max_accuracy_drop"),
-    (["gates.min_accuracy=1.5"], "gates.min_accuracy"),
+    (["gates.max_metric_drop=-0.1"], "gates.max_metric_drop"),
+    (["gates.min_metric=1.5"], "gates.min_metric"),
     (["gates.latency_samples=2"], "gates.latency_samples"),
 ])
 def test_release_and_gate_errors_name_the_field(overrides: list[str], message: str) -> None:
@@ -425,7 +425,7 @@ def test_registered_name_defaults_to_the_project_and_gates_are_not_hashed() -> N
     # A project name with spaces is fine when nothing is registered.
     assert load_config(None, ["project.name=my project", "release.register_model=false"])
     keys = {n: p.key for n, p in plan(cfg, ArtifactStore(Path("/nonexistent"))).items()}
-    stricter = load_config(None, ["project.name=demo", "gates.min_accuracy=0.99"])
+    stricter = load_config(None, ["project.name=demo", "gates.min_metric=0.99"])
     assert {n: p.key for n, p in plan(stricter, ArtifactStore(Path("/nonexistent"))).items()} == keys
 
 
@@ -480,3 +480,65 @@ def test_cli_without_config_uses_the_checkouts_default_yaml(tmp_path: Path) -> N
                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_COLOR": "1"})
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert "(defaults) is valid" in elsewhere.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The task section
+
+
+NER = ["task.type=token-classification"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.builtin=wnut16"], "data.builtin=wnut16 is a token-classification dataset but task.type is "
+                              "sequence-classification; set task.type: token-classification"),
+    ([*NER], "data.builtin=rotten_tomatoes is a sequence-classification dataset"),
+    ([*NER, "data.source=files", "data.files.train=x.jsonl"], "needs data.tags_column"),
+    ([*NER, "data.source=hub", "data.hub_name=conll2003"], "needs data.tags_column"),
+    ([*NER, "data.builtin=wnut16", "task.stride=62", "data.max_length=64"], "task.stride (62) must be below"),
+    ([*NER, "data.builtin=wnut16", "export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
+    ([*NER, "data.builtin=wnut16", "distill.augment.enabled=true"], "distill.augment rewrites texts"),
+    ([*NER, "data.builtin=wnut16", "data.text_pair_column=b"], "data.text_pair_column is for sequence"),
+    ([*NER, "data.builtin=wnut16", "task.aggregation=best"], "task.aggregation: Input should be 'none'"),
+    (["task.type=question-answering"], "does not match any of the expected tags: 'sequence-classification', "
+                                       "'token-classification'"),
+    (["task.stride=8"], "task.stride: unknown key for task.type sequence-classification"),
+    ([*NER, "data.builtin=wnut16", "data.tag_scheme=bio"], "data.tag_scheme"),
+])
+def test_the_task_names_what_it_needs(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert message in " ".join(str(info.value).split())
+
+
+def test_token_classification_configs_that_are_complete() -> None:
+    wnut = load_config(None, [*NER, "data.builtin=wnut16"])
+    assert wnut.task.type == "token-classification" and wnut.task.stride == 32
+    conll = load_config(None, [*NER, "data.source=files", "data.files.train=train.conll"])
+    assert conll.data.tags_column is None  # a CoNLL file carries its tags
+    rows = load_config(None, [*NER, "data.source=files", "data.files.train=train.jsonl", "data.tags_column=ner_tags"])
+    assert rows.data.tokens_column == "tokens"
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("quantize.max_accuracy_drop=0.01", "quantize.max_metric_drop"),
+    ("gates.max_accuracy_drop=0.01", "gates.max_metric_drop"),
+    ("gates.min_accuracy=0.8", "gates.min_metric"),
+    ("release.max_runtime_accuracy_gap=0.01", "release.max_runtime_metric_gap"),
+])
+def test_renamed_keys_name_their_new_name(old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=f"renamed to {new}"):
+        load_config(None, [old])
+
+
+def test_the_task_is_part_of_every_key() -> None:
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import plan
+
+    def keys(*overrides: str) -> dict[str, str]:
+        cfg = load_config(None, ["data.builtin=wnut16", *NER, *overrides])
+        return {n: p.key for n, p in plan(cfg, ArtifactStore(Path("/nonexistent"))).items()}
+
+    base = keys()
+    assert all(a != b for a, b in zip(base.values(), keys("task.stride=8").values(), strict=True))
+    assert keys("task.aggregation=max")["data"] != base["data"]

@@ -1,4 +1,4 @@
-"""stages.data.load_splits on real files, the WordPiece tokenizer and layer-dropping students."""
+"""The classification task's data loading on real files, the WordPiece tokenizer and layer-dropping students."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from transformers import BertConfig, BertForSequenceClassification
 from pipeline.config import PipelineConfig, build_config
 from pipeline.stage import StageError
 from stages._hf import SPECIAL_TOKENS, shrink_by_layers, train_wordpiece_tokenizer
-from stages.data import load_splits
+from stages.tasks.sequence_classification import SequenceClassification
+
+
+def load_splits(cfg: PipelineConfig, cleaning: dict | None = None):
+    """The classification task's loaded, cleaned and split data."""
+    return SequenceClassification(cfg).load({} if cleaning is None else cleaning)[0]
 
 TINY_CSV = Path(__file__).resolve().parent / "data" / "tiny_reviews.csv"
 TINY_LABELS = ["negative", "neutral", "positive"]
@@ -493,7 +498,7 @@ def test_a_single_class_train_split_is_refused(tmp_path: Path) -> None:
 
 
 def test_texts_far_beyond_max_length_are_dropped_or_fail(tmp_path: Path) -> None:
-    from stages.data import drop_far_too_long
+    from stages.tasks.sequence_classification import drop_far_too_long
 
     data = frame(40, ["x", "y"])
     data.loc[3, "text"] = "word " * 200  # ~200 tokens against max_length 16 x factor 4 = 64
@@ -522,7 +527,7 @@ def test_non_utf8_file_is_named_with_the_fix(tmp_path: Path) -> None:
 
 
 def test_trec_lines_become_text_and_fine_label(tmp_path):
-    from stages.data import _read_trec
+    from stages.tasks.sequence_classification import _read_trec
 
     path = tmp_path / "question_labels.txt"
     path.write_text("HUM:ind Who wrote Hamlet ?\nNUM:date When did the war end ?\n\nHUM:ind Who wrote Hamlet ?\n")
@@ -532,7 +537,7 @@ def test_trec_lines_become_text_and_fine_label(tmp_path):
 
 
 def test_orange_tab_skips_its_type_and_flag_rows(tmp_path):
-    from stages.data import _read_orange_tab
+    from stages.tasks.sequence_classification import _read_orange_tab
 
     path = tmp_path / "20newsgroups-test.tab"
     path.write_text("Category\tText\nd\tstring\nclass\tmeta\nsci.space\tthe shuttle launch\n\n"
@@ -543,5 +548,7 @@ def test_orange_tab_skips_its_type_and_flag_rows(tmp_path):
 def test_each_builtin_dataset_has_its_own_fingerprint():
     from stages._sources import BUILTIN_DATA, source_fingerprint
 
-    prints = {source_fingerprint(build_config({"data": {"builtin": name}}).data) for name in BUILTIN_DATA}
-    assert len(prints) == len(BUILTIN_DATA) == 3
+    task = {"wnut16": {"type": "token-classification"}}
+    prints = {source_fingerprint(build_config({"data": {"builtin": name}, "task": task.get(name, {})}).data)
+              for name in BUILTIN_DATA}
+    assert len(prints) == len(BUILTIN_DATA) == 4

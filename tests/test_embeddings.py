@@ -15,10 +15,10 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from bertpress import bundle as bundle_format
 from bertpress.embeddings import mean_pool
-from bertpress.pytorch import embed as pytorch_embed
-from bertpress.pytorch import export_with_embeddings
 from bertpress.runtime import Model
 from stages._hf import train_wordpiece_tokenizer
+from stages._multi_output import embed as pytorch_embed
+from stages._multi_output import export_with_embeddings
 
 TEXTS = ["a wonderful, moving film", "dull", "the plot is thin but the acting is great and the music too",
          "", "unexpected words like zyxq appear here"]

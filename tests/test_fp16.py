@@ -8,8 +8,8 @@ import onnxruntime as ort
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from bertpress.pytorch import export_with_embeddings
 from stages._fp16 import convert_to_fp16, io_bound
+from stages._multi_output import export_with_embeddings
 
 
 def test_fp16_copy_and_io_binding(tmp_path):

@@ -49,7 +49,7 @@ def test_data_stage_outputs(first_status):
     labels = json.loads((path / "labels.json").read_text())
     assert sorted(labels["id2label"].values()) == ["negative", "neutral", "positive"]
     assert (path / "tokenizer" / "tokenizer.json").is_file()
-    counts = manifest["info"]["class_counts"]
+    counts = json.loads((path / "data_report.json").read_text())["class_counts"]
     assert all(len(counts[s]) == 3 for s in ("train", "validation", "test"))
 
 

@@ -9,11 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    TrainingArguments,
+)
 
+from pipeline.config import build_config
 from stages._hf import train_wordpiece_tokenizer
-from stages._train import make_collator
-from stages.distill import TEACHER_LOGITS, DistillationTrainer, teacher_logits
+from stages.distill import DistillationTrainer
+from stages.tasks.base import TEACHER_LOGITS
+from stages.tasks.sequence_classification import SequenceClassification, teacher_logits
 
 DATA = Path(__file__).parent / "data" / "tiny_reviews.csv"
 
@@ -40,8 +47,9 @@ def test_precomputed_teacher_logits_give_the_same_loss(tmp_path):
 
     with_column = ds.add_column(TEACHER_LOGITS, logits.tolist())
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_eval_batch_size=8)
-    trainer = DistillationTrainer(model=student, teacher=teacher, temperature=2.0, alpha=0.3, args=args,
-                                  data_collator=make_collator(tokenizer), processing_class=tokenizer)
+    trainer = DistillationTrainer(model=student, task=SequenceClassification(build_config({})), teacher=teacher,
+                                  temperature=2.0, alpha=0.3, args=args,
+                                  data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
     on_the_fly = trainer.evaluate(ds)["eval_loss"]
     precomputed = trainer.evaluate(with_column)["eval_loss"]  # the column is not dropped as unused
     assert abs(on_the_fly - precomputed) < 1e-5

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_data_stage import files_cfg
 
 from pipeline.config import ConfigError, apply_overrides, load_config, parse_override
-from stages.data import load_splits
+from stages.tasks.sequence_classification import SequenceClassification
 
 KEY = st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=8)
 SCALAR = st.one_of(
@@ -73,7 +73,7 @@ def test_loaded_splits_are_clean_disjoint_and_label_consistent(tmp_path_factory,
     path = Path(tmp_path_factory.mktemp("prop")) / "data.csv"
     frame.to_csv(path, index=False)
     cleaning: dict = {}
-    splits = load_splits(files_cfg(path, seed=seed), cleaning)
+    splits, _ = SequenceClassification(files_cfg(path, seed=seed)).load(cleaning)
     seen: list[str] = [t for ds in splits.values() for t in ds["text"]]
     assert all(t == t.strip() and t for t in seen)  # stripped, none empty
     assert len(seen) == len(set(seen))  # no duplicates, hence splits are disjoint

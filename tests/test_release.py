@@ -93,7 +93,7 @@ def test_first_promotion_then_a_failed_gate_then_a_pass(registry):
 
     # 3. The same candidate with the configured gates: compared with champion v2, promoted.
     passed = run_cli("promote", root=registry)
-    assert "max_accuracy_drop" in passed.stdout and "max_latency_increase" in passed.stdout
+    assert "max_metric_drop" in passed.stdout and "max_latency_increase" in passed.stdout
     assert str(mlflow_client.get_model_version_by_alias(NAME, "champion").version) == "3"
 
     # The champion as production loads it: by alias, from the registry.
@@ -112,4 +112,4 @@ def test_retrain_returns_the_gate_exit_code(registry):
 def test_promote_before_release_says_what_to_run(tmp_path):
     proc = run_cli("promote", root=tmp_path, check=False)
     assert proc.returncode == 1
-    assert "run `make release`" in " ".join(proc.stderr.split())
+    assert "run `bertpress run release`" in " ".join(proc.stderr.split())

@@ -32,7 +32,16 @@ def cli_args(root: Path, *args: str) -> list[str]:
 
 
 def checkpoints(folder: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+    """Steps of the complete checkpoints (a kill can land while the state file is written)."""
+    found = []
+    for p in folder.glob("checkpoint-*"):
+        state = p / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        found.append(int(p.name.split("-")[1]))
+    return sorted(found)
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
@@ -106,3 +115,16 @@ def test_kill_9_during_quantize_leaves_nothing_that_looks_finished(tiny_run, tmp
     assert {s: r["status"] for s, r in after.items()} == {s: r["status"] for s, r in before.items()}
     run_cli("run", "quantize", "--force", root=root)  # the rerun clears the interrupted attempt
     assert not list(stage_dir.glob(".tmp-*"))
+
+
+def test_a_checkpoint_cut_off_while_its_state_was_written_is_skipped(tmp_path):
+    from stages._train import CHECKPOINT_FILES, last_complete_checkpoint
+
+    for step, state in ((20, '{"global_step": 20}'), (40, "")):  # step 40 killed mid-write
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in CHECKPOINT_FILES:
+            (folder / name).write_text("x")
+        (folder / "trainer_state.json").write_text(state)
+        (folder / "model.safetensors").write_text("x")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")

@@ -130,7 +130,7 @@ def test_corrupted_bundle_is_refused(tiny_bundle, tmp_path):
 def test_csv_without_the_text_column_names_the_columns(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("id,body\n1,hello\n")
-    with pytest.raises(InputError, match=r"no column 'text' \(columns: \['id', 'body'\]\); pass --text-column"):
+    with pytest.raises(InputError, match=r"no field 'text' \(fields: \['body', 'id'\]\); pass --text-column"):
         read_texts([], source)
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9".encode("latin-1"))

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import free_port, wait_until_serving
+from conftest import http_call as call
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,17 +28,6 @@ def server(tiny_bundle):
     yield base
     proc.terminate()
     proc.wait(timeout=10)
-
-
-def call(base: str, path: str, body: object | bytes | None = None) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{base}{path}", data=data, method="POST" if data is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_health_and_metadata(server):

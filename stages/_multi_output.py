@@ -1,4 +1,4 @@
-"""Embeddings and multi-output ONNX export from a PyTorch BERT classifier (training install: torch).
+"""Embeddings and multi-output ONNX export from a PyTorch BERT with a task head (training side).
 
 The same four embeddings as `bertpress.runtime`, computed in PyTorch, so the two can be checked
 against each other: the pooled output ([CLS] through the pooler), attention-masked mean pooling of
@@ -6,14 +6,15 @@ the sequence output, the per-token sequence output, and every encoder layer's ou
 
 Why a hand-written wrapper instead of optimum: optimum exports one task head per model (logits for
 text-classification, last_hidden_state for feature-extraction) and has no head that returns the
-classifier's logits together with the pooled output and all hidden states. The wrapper is the
-classifier's own forward pass with those tensors returned, exported by torch.onnx.
+head's logits together with the pooled output and all hidden states. The wrapper is the model's
+own forward pass (encoder, then the task's head) with those tensors returned, exported by torch.onnx.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,20 +25,28 @@ from bertpress.embeddings import EMBEDDING_OUTPUTS, mean_pool
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class ClassifierWithEmbeddings(nn.Module):
-    """A BertForSequenceClassification whose forward returns logits plus the requested embeddings.
+def classifier_head(model: nn.Module, encoded) -> torch.Tensor:
+    """A *ForSequenceClassification's head: [CLS] through the pooler, dropout, dense."""
+    return model.classifier(model.dropout(encoded.pooler_output))
 
+
+class ModelWithEmbeddings(nn.Module):
+    """A BERT with a task head whose forward returns logits plus the requested embeddings.
+
+    `head(model, encoded)` computes the logits from the encoder output (the task's head).
     Output order: logits, then `outputs` in EMBEDDING_OUTPUTS order. `hidden_states` is stacked
     layer-first, [num_layers + 1, batch, seq, hidden] (index 0 = the embedding layer, as in
     transformers' tuple), so hidden_states[-1] is the sequence output.
     """
 
-    def __init__(self, model: nn.Module, outputs: Sequence[str]):
+    def __init__(self, model: nn.Module, outputs: Sequence[str],
+                 head: Callable[[nn.Module, Any], torch.Tensor] = classifier_head):
         super().__init__()
         unknown = set(outputs) - set(EMBEDDING_OUTPUTS)
         if unknown:
             raise ValueError(f"unknown embedding outputs {sorted(unknown)}; allowed: {EMBEDDING_OUTPUTS}")
         self.model = model
+        self.head = head
         self.outputs = [name for name in EMBEDDING_OUTPUTS if name in outputs]
 
     def forward(self, input_ids, attention_mask, token_type_ids):
@@ -45,17 +54,18 @@ class ClassifierWithEmbeddings(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             output_hidden_states="hidden_states" in self.outputs, return_dict=True,
         )
-        pooled = encoded.pooler_output
-        logits = self.model.classifier(self.model.dropout(pooled))
-        tensors = {"pooled": pooled, "sequence": encoded.last_hidden_state}
+        logits = self.head(self.model, encoded)
+        tensors = {"pooled": encoded.pooler_output, "sequence": encoded.last_hidden_state}
         if "hidden_states" in self.outputs:
             tensors["hidden_states"] = torch.stack(encoded.hidden_states)
         return (logits, *(tensors[name] for name in self.outputs))
 
 
-def export_with_embeddings(model: nn.Module, path: Path, outputs: Sequence[str], opset: int) -> Path:
-    """Export the classifier with logits + embedding outputs, batch and sequence axes dynamic."""
-    wrapper = ClassifierWithEmbeddings(model.eval(), outputs).eval()
+def export_with_embeddings(model: nn.Module, path: Path, outputs: Sequence[str], opset: int,
+                           head: Callable[[nn.Module, Any], torch.Tensor] = classifier_head,
+                           per_token_logits: bool = False) -> Path:
+    """Export the model with logits + embedding outputs, batch and sequence axes dynamic."""
+    wrapper = ModelWithEmbeddings(model.eval(), outputs, head).eval()
     example = {
         "input_ids": torch.ones(2, 8, dtype=torch.long),
         "attention_mask": torch.ones(2, 8, dtype=torch.long),
@@ -63,7 +73,7 @@ def export_with_embeddings(model: nn.Module, path: Path, outputs: Sequence[str],
     }
     names = ["logits", *wrapper.outputs]
     axes = {name: {0: "batch_size", 1: "sequence_length"} for name in ONNX_INPUTS}
-    axes["logits"] = {0: "batch_size"}
+    axes["logits"] = {0: "batch_size", 1: "sequence_length"} if per_token_logits else {0: "batch_size"}
     axes["pooled"] = {0: "batch_size"}
     axes["sequence"] = {0: "batch_size", 1: "sequence_length"}
     axes["hidden_states"] = {1: "batch_size", 2: "sequence_length"}

@@ -1,0 +1,227 @@
+"""`bertpress` command line: the torch-free commands, and the entry point of all of them.
+
+predict, embed and serve need only the runtime (onnxruntime + tokenizers + numpy). The pipeline's
+commands (run, status, promote, ...) come from the training install, which registers them under
+the `bertpress.commands` entry point; they are loaded only when one of them is asked for, so a
+runtime command never imports training code.
+Exit codes: 0 ok, 1 a stage failed, 2 bad config or input, 3 a quality gate failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bertpress.errors import BertpressError, InputError
+
+RUNTIME_COMMANDS = ("predict", "embed", "serve")
+err_console = Console(stderr=True)
+
+SourceArg = Annotated[str, typer.Argument(help="Bundle directory or registry URI (models:/name@champion).")]
+TextsArg = Annotated[list[str] | None, typer.Argument(help="Texts; '-' reads one text per line from stdin.")]
+InputOpt = Annotated[Path | None, typer.Option("--input", "-i", help="A .csv/.tsv/.jsonl/.txt file of inputs.")]
+ColumnOpt = Annotated[str, typer.Option(help="Text column (CSV) or field (JSONL) in --input; in JSONL it "
+                                             "may hold a list of words (entity recognition).")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Inputs per onnxruntime call.")]
+ThreadsOpt = Annotated[int, typer.Option(min=0, help="onnxruntime intra-op threads; 0 = all cores.")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    help="Registry for models:/ sources. Default: $MLFLOW_TRACKING_URI, else the pipeline's "
+         "store artifacts/mlflow.db when it exists.")]
+
+
+def open_model(source: str, threads: int, tracking_uri: str | None = None):
+    from bertpress.runtime import Model
+
+    if source.startswith("models:/") and not tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        local = Path("artifacts") / "mlflow.db"
+        if local.is_file():
+            tracking_uri = f"sqlite:///{local.resolve()}"
+    return Model.load(source, tracking_uri=tracking_uri, threads=threads)
+
+
+def predict(
+    source: SourceArg,
+    texts: TextsArg = None,
+    input_file: InputOpt = None,
+    text_column: ColumnOpt = "text",
+    pair: Annotated[list[str] | None, typer.Option(
+        help="Text-pair models: the second text of each argument text, repeated in order.")] = None,
+    pair_column: Annotated[str | None, typer.Option(
+        help="Text-pair models: the second text's column/field in --input.")] = None,
+    words: Annotated[bool, typer.Option(
+        "--words", help="Entity recognition: the inputs are pre-split on whitespace into words.")] = False,
+    aggregation: Annotated[str | None, typer.Option(
+        help="Entity recognition: none, simple, first, average or max (default: the bundle's).")] = None,
+    output: OutputOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = 0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Predict with a released model, one JSONL line (or CSV row) per input: the label and
+    probabilities (classification), or the entities with character offsets (entity recognition)."""
+    from bertpress.textio import read_inputs, write_predictions
+
+    if fmt not in ("jsonl", "csv"):
+        raise InputError(f"--format {fmt!r}: use jsonl or csv")
+    model = open_model(source, threads, tracking_uri)
+    if pair_column is None and not pair and model.metadata.get("text_pair"):
+        pair_column = "text_pair"
+    items = read_inputs(texts or [], input_file, text_column, pairs=pair, pair_column=pair_column,
+                        split_words=words)
+    options = {"aggregation": aggregation} if aggregation else {}
+    if options and model.task != "token-classification":
+        raise InputError(f"--aggregation applies to entity recognition bundles; this one is {model.task}")
+    predictions = model.predict(items, batch_size, **options)
+    rows = [{"text": list(t) if not isinstance(t, str) else t} | p
+            for t, p in zip(items, predictions, strict=True)]
+    with _output(output) as out:
+        write_predictions(rows, model.labels, fmt, out)
+
+
+def embed(
+    source: SourceArg,
+    texts: TextsArg = None,
+    input_file: InputOpt = None,
+    text_column: ColumnOpt = "text",
+    kind: Annotated[str, typer.Option(help="mean, pooled, sequence or hidden_states.")] = "mean",
+    normalize: Annotated[bool, typer.Option(help="L2-normalize each vector.")] = False,
+    output: OutputOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, or npy (mean/pooled only; needs --output).")] = "jsonl",
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = 0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Embed texts with a released model: pooled ([CLS] after the pooler), mean (masked mean of
+    the sequence output), sequence (per token) or hidden_states (every layer, per token)."""
+    import numpy as np
+
+    from bertpress.embeddings import EMBEDDING_KINDS
+    from bertpress.textio import read_texts
+
+    if kind not in EMBEDDING_KINDS:
+        raise InputError(f"unknown embedding kind {kind!r}; choose one of {', '.join(EMBEDDING_KINDS)}")
+    if fmt not in ("jsonl", "npy"):
+        raise InputError(f"--format {fmt!r}: use jsonl or npy")
+    if fmt == "npy" and (kind not in ("mean", "pooled") or output is None):
+        raise InputError("--format npy needs --kind mean or pooled (one vector per text) and --output FILE")
+    items = read_texts(texts or [], input_file, text_column)
+    vectors = open_model(source, threads, tracking_uri).embed(items, kind=kind, batch_size=batch_size,
+                                                              normalize=normalize)
+    if fmt == "npy":
+        np.save(output, vectors)
+        err_console.print(f"{len(items)} x {vectors.shape[1]} {kind} embeddings -> {output}")
+        return
+    with _output(output) as out:
+        for text, vector in zip(items, vectors, strict=True):
+            out.write(json.dumps({"text": text, "kind": kind, "embedding": vector.tolist()}) + "\n")
+
+
+def serve(
+    source: SourceArg,
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most inputs per request.")] = 64,
+    max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted.")] = 10_000,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1_000_000,
+    threads: ThreadsOpt = 0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Serve a released model over HTTP: /predict, /embed, /health, /metadata."""
+    from bertpress.serve import Limits
+    from bertpress.serve import serve as run_server
+
+    model = open_model(source, threads, tracking_uri)
+    version = model.path.parent.name.removeprefix("v") if source.startswith("models:/") else None
+    err_console.print(f"serving {model.path} ({model.task}) on http://{host}:{port} (POST /predict, /embed)")
+    run_server(model, host, port, Limits(max_batch, max_text_chars, max_body_bytes), version)
+
+
+def register(app: typer.Typer) -> typer.Typer:
+    """Add the runtime commands to `app` (the runtime's own, or the pipeline's full one)."""
+    for command in (predict, embed, serve):
+        app.command()(command)
+    return app
+
+
+def runtime_app() -> typer.Typer:
+    return register(typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
+                                pretty_exceptions_enable=False))
+
+
+def full_app() -> typer.Typer:
+    """Every command: the training install's (which include the runtime's), else the runtime's."""
+    for entry in entry_points(group="bertpress.commands"):
+        try:
+            return entry.load()()
+        except ImportError as exc:
+            err_console.print(f"[yellow]the pipeline commands are unavailable ({exc}); install "
+                              "the training extras: pip install 'bertpress[train]'")
+    return runtime_app()
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    run_app(runtime_app() if _command(argv) in RUNTIME_COMMANDS else full_app(), argv)
+
+
+def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run a command; our errors become one line on stderr and their exit code, no traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        # Without standalone mode click returns (not raises) the code of a typer.Exit.
+        code = app(args=argv, prog_name="bertpress", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except BertpressError as exc:
+        err_console.print(f"[bold red]{exc.label}:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+class _output:
+    """stdout, or a file written whole (a failed run leaves no half-written results file)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def __enter__(self):
+        import io
+
+        self.buffer = sys.stdout if self.path is None else io.StringIO()
+        return self.buffer
+
+    def __exit__(self, exc_type, *_):
+        if self.path is not None and exc_type is None:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(self.buffer.getvalue())
+            tmp.replace(self.path)
+            err_console.print(f"wrote {self.path}")
+        return False
+
+
+if __name__ == "__main__":
+    main()

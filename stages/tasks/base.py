@@ -1,0 +1,135 @@
+"""What every task provides, and the task-independent plumbing around it.
+
+A task owns everything that differs between BERT heads: how its data is read, checked and split;
+its model class and collator; its model inputs (`features`); its distillation targets and loss;
+its metrics with one primary metric; its export task; how a released bundle is scored through
+the torch-free runtime and what the bundle records. Stages ask the task and never name one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from pipeline.config import PipelineConfig
+from stages._hf import MODEL_INPUTS
+
+Batch = dict[str, np.ndarray]
+TEACHER_LOGITS = "teacher_logits"  # precomputed teacher targets, when the student reads other pieces
+
+
+class Task:
+    name: ClassVar[str]
+    export_task: ClassVar[str]  # optimum's task name for the ONNX export
+    primary_metric: ClassVar[str]  # the metric that decides (INT8 tolerance, gates, best checkpoint)
+    metric_labels: ClassVar[dict[str, str]]  # reported metrics, primary first -> column titles
+    greater_is_better: ClassVar[bool] = True
+    per_token: ClassVar[bool] = False  # logits per token ([batch, seq, labels]) or per input
+    # Columns of the distillation data that the loss reads besides the model inputs and labels.
+    distillation_columns: ClassVar[tuple[str, ...]] = (TEACHER_LOGITS,)
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+
+    # -- data ----------------------------------------------------------------------------------
+    def load(self, cleaning: dict) -> tuple[DatasetDict, list[str]]:
+        """Read, check, clean and split the configured data: (splits, label names)."""
+        raise NotImplementedError
+
+    def texts(self, split: Dataset) -> list[str]:
+        """Raw texts of a split (tokenizer training, vocabulary budgets, calibration, timing)."""
+        return list(split["text"])
+
+    def prepare(self, splits: DatasetDict, tokenizer, names: list[str], log) -> tuple[DatasetDict, dict, dict]:
+        """What the data stage saves, its report and its metrics."""
+        raise NotImplementedError
+
+    # -- models --------------------------------------------------------------------------------
+    @property
+    def auto_model(self):
+        """The transformers Auto class of this head."""
+        raise NotImplementedError
+
+    @property
+    def ort_model(self):
+        """optimum.onnxruntime's model class of this head (the stock baseline)."""
+        raise NotImplementedError
+
+    def features(self, split: Dataset, tokenizer) -> Dataset:
+        """Model inputs and `labels` of a split, tokenized by `tokenizer` (each model reads with
+        its own: a vocabulary-trimmed student splits words differently)."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer):
+        raise NotImplementedError
+
+    def head_logits(self, model, encoded):
+        """The head's logits from the base model's output (for multi-output export)."""
+        raise NotImplementedError
+
+    # -- metrics -------------------------------------------------------------------------------
+    def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
+        """Metrics from per-row logits (row i of `features`; per-token rows cut to their length)."""
+        raise NotImplementedError
+
+    def trainer_metrics(self, features: Dataset) -> Callable[[Any], dict[str, float]]:
+        """compute_metrics for a Trainer evaluating on `features` (predictions padded with -100)."""
+        lengths = [len(ids) for ids in features["input_ids"]]
+
+        def compute(eval_pred) -> dict[str, float]:
+            logits = eval_pred[0]
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            return self.metrics(rows_from_padded(np.asarray(logits), lengths), features)
+
+        return compute
+
+    # -- distillation --------------------------------------------------------------------------
+    def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
+                          precompute: bool) -> tuple[DatasetDict, dict | None]:
+        """Student inputs per split, with the teacher's targets as a column when `precompute`."""
+        raise NotImplementedError
+
+    def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float,
+                          alpha: float):
+        raise NotImplementedError
+
+    def collator_for_distillation(self, tokenizer):
+        return self.collator(tokenizer)
+
+    # -- release -------------------------------------------------------------------------------
+    def score_bundle(self, model, split: Dataset) -> dict[str, float]:
+        """Metrics of a bundle through the torch-free runtime, at batch 1 as production runs it."""
+        raise NotImplementedError
+
+    def bundle_metadata(self) -> dict[str, Any]:
+        """Task settings the runtime needs (written into bundle.json)."""
+        return {}
+
+    def timing_inputs(self, split: Dataset) -> list[Any]:
+        """Real inputs for batch-1 timing through the runtime (`Model.predict([x])`)."""
+        return self.texts(split)
+
+
+def rows_from_padded(padded: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    """Per-row outputs from a padded batch: [N, C] stays per row, [N, L, C] is cut to each length."""
+    if padded.ndim == 2:
+        return list(padded)
+    return [padded[i, :n] for i, n in enumerate(lengths)]
+
+
+def predict_rows(predict: Callable[[Batch], np.ndarray], features: Dataset, tokenizer,
+                 batch_size: int = 64) -> list[np.ndarray]:
+    """Run `predict` over `features` in padded batches; one output row per feature row."""
+    columns = [c for c in MODEL_INPUTS if c in features.column_names]
+    rows: list[np.ndarray] = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        encoded = [{c: chunk[c][i] for c in columns} for i in range(len(chunk[columns[0]]))]
+        batch = tokenizer.pad(encoded, return_tensors="np")
+        out = predict({c: np.asarray(batch[c], dtype=np.int64) for c in columns})
+        rows += rows_from_padded(np.asarray(out), [len(e["input_ids"]) for e in encoded])
+    return rows
