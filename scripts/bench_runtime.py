@@ -40,7 +40,7 @@ def cold_start(python: str, bundle: str, runs: int) -> dict[str, float]:
     walls = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([python, "-m", "pipeline.cli", "predict", bundle, "a gripping film"], cwd=ROOT,
+        subprocess.run([python, "-m", "bertpress.cli", "predict", bundle, "a gripping film"], cwd=ROOT,
                        check=True, capture_output=True)
         walls.append((time.perf_counter() - start) * 1000)
     return {"process_wall_ms_median": statistics.median(walls), "runs": runs}
@@ -67,7 +67,7 @@ def http(python: str, bundle: str, texts: list[str], requests: int) -> dict[str,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([python, "-m", "pipeline.cli", "serve", bundle, "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([python, "-m", "bertpress.cli", "serve", bundle, "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     start = time.perf_counter()

@@ -1,11 +1,14 @@
-"""distill stage: train a smaller student on the teacher's soft targets plus the hard labels.
+"""distill stage: train a smaller student on the teacher's soft targets plus the gold labels.
 
 The student keeps a subset of the teacher's layers (initialised from them), optionally narrowed
 (_width: hidden size, heads, FFN neurons chosen by importance), or is a given smaller model sharing
-the teacher's vocabulary. Loss: alpha * CE + (1 - alpha) * T^2 * KL, plus optional hidden-state MSE
-and attention KL on mapped layers (_losses). Options: augmented / unlabelled inputs trained on soft
-targets only (_augment), an Optuna search over temperature, alpha and learning rate (nested MLflow
-runs), and vocabulary trimming after training with a proof on validation (_vocab).
+the teacher's vocabulary. The loss is the task's: alpha * CE + (1 - alpha) * T^2 * KL on the logits
+(per word for token classification), plus optional hidden-state MSE and attention KL on mapped
+layers (_losses). With a vocabulary budget the student reads other pieces than its teacher, so the
+teacher's targets are computed once on its own pieces and carried as a column. Options: augmented /
+unlabelled inputs trained on soft targets only (classification), an Optuna search over temperature,
+alpha and learning rate (nested MLflow runs), vocabulary trimming after training with a proof on
+validation (_vocab).
 Writes: model/ (student weights, config, tokenizer), metrics.json.
 """
 
