@@ -161,3 +161,43 @@ def test_word_targets_collator_pads_starts_and_flattens_teacher_rows(tokenizer):
     assert batch[WORD_START].shape == batch["input_ids"].shape
     assert batch["teacher_logits"].shape == (int(batch[WORD_START].sum()), 3)
     assert batch["teacher_logits"][0, 0] == 0.0 and batch["teacher_logits"][-1, 0] == 1.0
+
+
+def test_teacher_targets_follow_words_when_the_student_splits_them_differently(tokenizer):
+    """A budget student reads other pieces: each of its windows gets one teacher row per word
+    start, and the row is the teacher's own logits at that word's first piece."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from stages._vocab import budget_token_ids, trim_tokenizer
+
+    sentences = [(["bob", "visited", "washington", "today"] * 6, ["B-person", "O", "B-location", "O"] * 6),
+                 *SENTENCES]
+    ds, names = dataset(sentences)
+    t = task(max_length=16, stride=4)
+    kept = budget_token_ids(tokenizer, ["bob visited today"], 45)
+    student_tok = trim_tokenizer(tokenizer, kept)
+    torch.manual_seed(0)
+    teacher = BertForTokenClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32,
+                                                    num_labels=len(names))).eval()
+    out, _ = t.distillation_data(None, {"train": ds}, teacher, tokenizer, student_tok, precompute=True)
+    student = out["train"].sort("sentence")  # (the train split is shuffled)
+    teacher_side = t.features(ds, tokenizer)
+    assert student["input_ids"] != teacher_side["input_ids"]  # other pieces
+    for row in student:
+        assert len(row["teacher_logits"]) == sum(row[WORD_START])
+    # A sentence the teacher reads in one window (the student needs several): each student word's
+    # target is the teacher's logits at that word's first piece.
+    [ref] = [r for r in teacher_side if r["sentence"] == 1]
+    with torch.no_grad():
+        logits = teacher(input_ids=torch.tensor([ref["input_ids"]])).logits[0].numpy()
+    expected = {w: logits[j] for j, (w, s) in enumerate(zip(ref["word_ids"], ref[WORD_START], strict=True)) if s}
+    windows = [r for r in student if r["sentence"] == 1]
+    assert len(windows) > 1
+    seen = set()
+    for row in windows:
+        words = [w for w, s in zip(row["word_ids"], row[WORD_START], strict=True) if s]
+        for w, target in zip(words, row["teacher_logits"], strict=True):
+            np.testing.assert_allclose(target, expected[w], atol=1e-5)
+            seen.add(w)
+    assert seen == set(expected)  # every word of the sentence got its target

@@ -187,3 +187,17 @@ def test_promote_decides_on_entity_f1(tiny_ner_run, rows):
     failed = run_cli("promote", "--set", "gates.max_size_mb=0.0001", root=tiny_ner_run, config=TINY_NER,
                      check=False)
     assert failed.returncode == 3 and "Traceback" not in failed.stderr
+
+
+def test_a_vocabulary_budget_student_learns_from_word_level_targets(tiny_ner_run, rows):
+    """Under a budget the student splits words into other pieces than its teacher: the teacher's
+    targets are matched to words, not pieces, and the student still learns the entities."""
+    overrides = ("--set", "distill.trim_vocab.max_tokens=100", "--set", "distill.intermediate.hidden_weight=0",
+                 "--set", "distill.intermediate.attention_weight=0", "--set", "distill.epochs=6")
+    run_cli("run", "export", *overrides, root=tiny_ner_run, config=TINY_NER)
+    budget = cli_status(tiny_ner_run, *overrides, config=TINY_NER)
+    _, m = manifest(budget, "distill")
+    report = m["info"]["trim_vocab"]
+    assert report["kept"] == 100 < report["original"] and report["validation"]["changed_share"] > 0
+    assert m["metrics"]["test/entity_f1"] > 0.8
+    assert budget["export"]["metrics"]["student/fused_max_abs_diff"] < 1e-4

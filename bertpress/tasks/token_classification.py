@@ -63,12 +63,11 @@ class TokenClassificationHead:
             logits = self.model.session.run(["logits"], self.model.feed(chunk))[0]
             for row, j in enumerate(order[start:start + batch_size]):
                 probs[j] = softmax(logits[row])
-        results = []
-        for i, (text, _) in enumerate(read):
-            mine = [(w, p) for (k, w), p in zip(windows, probs, strict=True) if k == i]
-            results.append(self._merge(text, mine, word_starts=None if isinstance(items[i], str)
-                                       else _word_starts(items[i])))
-        return results
+        per_input: list[list[tuple[Any, np.ndarray]]] = [[] for _ in read]
+        for (i, window), p in zip(windows, probs, strict=True):
+            per_input[i].append((window, p))
+        return [self._merge(text, per_input[i], None if isinstance(items[i], str) else _word_starts(items[i]))
+                for i, (text, _) in enumerate(read)]
 
     @staticmethod
     def _merge(text: str, windows: list[tuple[Any, np.ndarray]], word_starts: list[int] | None):
