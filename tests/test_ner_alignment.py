@@ -201,3 +201,31 @@ def test_teacher_targets_follow_words_when_the_student_splits_them_differently(t
             np.testing.assert_allclose(target, expected[w], atol=1e-5)
             seen.add(w)
     assert seen == set(expected)  # every word of the sentence got its target
+
+
+def test_hub_rows_with_a_classlabel_sequence_get_their_tag_names(monkeypatch):
+    """A hub dataset's tags are ids of a ClassLabel sequence (conll2003's ner_tags): the names come
+    from the feature, in the declared scheme, before normalisation (here IOB1)."""
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Sequence as SequenceFeature
+
+    import stages.tasks.token_classification as module
+
+    names = ["O", "I-PER", "B-PER", "I-LOC"]
+    features = Features({"tokens": SequenceFeature(Value("string")),
+                         "ner_tags": SequenceFeature(ClassLabel(names=names))})
+    rows = {"tokens": [["Ann", "Bo", "in", "Oslo"], ["Cy", "met", "Di"], ["Ed", "Fay", "saw", "Rome"],
+                       ["Gus", "left"], ["Hal", "and", "Ida"], ["Jo", "in", "Lima"]],
+            "ner_tags": [[1, 2, 0, 3], [1, 0, 1], [1, 1, 0, 3], [1, 0], [1, 0, 1], [1, 0, 3]]}
+    monkeypatch.setattr(module, "load_hub", lambda data: {"train": Dataset.from_dict(rows, features=features)})
+    cfg = build_config({"task": {"type": "token-classification"},
+                        "data": {"source": "hub", "hub_name": "conll-like", "tags_column": "ner_tags",
+                                 "tag_scheme": "iob1", "validation_size": 0.2, "test_size": 0.2}})
+    splits, labels = TokenClassification(cfg).load({})
+    assert labels == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    everything = {tuple(s["tokens"]): [labels[t] for t in s["tags"]] for split in splits.values() for s in split}
+    assert everything[("Ann", "Bo", "in", "Oslo")] == ["B-PER", "B-PER", "O", "B-LOC"]  # IOB1 -> IOB2
+    assert everything[("Ed", "Fay", "saw", "Rome")] == ["B-PER", "I-PER", "O", "B-LOC"]
+    with pytest.raises(Exception, match="has no column 'ner_tags'"):
+        monkeypatch.setattr(module, "load_hub", lambda data: {"train": Dataset.from_dict({"tokens": [["a"]]})})
+        TokenClassification(cfg).load({})

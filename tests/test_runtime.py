@@ -136,3 +136,17 @@ def test_csv_without_the_text_column_names_the_columns(tmp_path):
     bad.write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(InputError, match="not UTF-8"):
         read_texts([], bad)
+
+
+def test_the_shipped_package_imports_no_training_code():
+    """bertpress/ (runtime, serve, bundle, CLI) stands alone: no pipeline, stages, torch or
+    transformers import anywhere in it, lazy ones included."""
+    import ast
+
+    blocked = {"pipeline", "stages", "torch", "transformers", "optimum", "datasets", "sklearn"}
+    for path in sorted((ROOT / "bertpress").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in blocked, f"{path.relative_to(ROOT)} imports {name}"
