@@ -210,7 +210,12 @@ class TrainConfig(_Section):
 
 
 class FinetuneConfig(TrainConfig):
-    pass
+    early_stopping_patience: int | None = Field(
+        None, ge=1,
+        description="Stop once the validation primary metric has not improved for this many "
+        "evaluations in a row (every checkpoint_steps, else every epoch); epochs / max_steps is "
+        "then the ceiling. null: train the full length (the best checkpoint is kept either way).",
+    )
 
 
 class StudentConfig(_Section):

@@ -125,6 +125,15 @@ def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset, task: Task
     return metrics
 
 
+def training_length(trainer: Trainer) -> dict[str, float]:
+    """Steps trained, the planned ceiling and the step of the kept (best) checkpoint."""
+    state = trainer.state
+    best = state.best_model_checkpoint
+    best_step = int(best.rsplit("-", 1)[-1]) if best else state.global_step
+    return {"train/steps": float(state.global_step), "train/max_steps": float(state.max_steps),
+            "train/best_step": float(best_step)}
+
+
 def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:
     """The task's metrics of the trainer's model on `features`."""
     bound, trainer.compute_metrics = trainer.compute_metrics, None  # it is bound to validation

@@ -2,13 +2,14 @@
 
 The task gives the model class (its head), the inputs, the collator and the metrics; the best
 checkpoint by the task's primary metric on validation is kept, scored on test, and an interrupted
-attempt resumes from its last checkpoint.
+attempt resumes from its last checkpoint. With finetune.early_stopping_patience the training
+length is chosen by validation: it stops once the primary metric stops improving.
 Writes: model/ (weights, config with id2label, tokenizer), metrics.json.
 """
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer, Trainer, set_seed
+from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
 from pipeline.stage import StageContext, StageResult
 from stages._hf import label_maps, load_splits_dir, load_teacher, save_json
@@ -18,6 +19,7 @@ from stages._train import (
     save_model,
     train_and_evaluate,
     training_arguments,
+    training_length,
 )
 from stages.tasks import get_task
 
@@ -34,6 +36,10 @@ def run(ctx: StageContext) -> StageResult:
     model = load_teacher(cfg.teacher, tokenizer, id2label, cfg.data.max_length, task.auto_model)
     ctx.log.info("teacher %s: %.1fM parameters", cfg.teacher.model, model.num_parameters() / 1e6)
 
+    callbacks = [TrackerCallback(ctx.tracker)]
+    if cfg.finetune.early_stopping_patience:
+        # Stateful: its patience counter is saved in each checkpoint, so a resumed run goes on counting.
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.finetune.early_stopping_patience))
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg.finetune, cfg.runtime, ctx.scratch, cfg.project.seed, task),
@@ -42,9 +48,12 @@ def run(ctx: StageContext) -> StageResult:
         data_collator=task.collator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=task.trainer_metrics(splits["validation"]),
-        callbacks=[TrackerCallback(ctx.tracker)],
+        callbacks=callbacks,
     )
     metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"], task)
+    metrics |= training_length(trainer)
+    ctx.log.info("teacher trained %d of %d steps; best checkpoint at step %d",
+                 metrics["train/steps"], metrics["train/max_steps"], metrics["train/best_step"])
     metrics |= save_model(trainer.model, tokenizer, ctx.out / "model")
     save_json(ctx.out / "metrics.json", metrics)
     ctx.log.info("teacher test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])

@@ -1,0 +1,39 @@
+"""The teacher's training length chosen by validation (finetune.early_stopping_patience)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from tests.conftest import TINY_YAML, run_cli
+
+
+def _finetune_metrics(root) -> dict:
+    [path] = (root / "artifacts").glob("finetune/*/metrics.json")
+    return json.loads(path.read_text())
+
+
+def test_a_teacher_whose_validation_metric_stops_improving_stops_early(tmp_path):
+    # A learning rate of 1e-9 leaves the predictions, hence validation accuracy, exactly as they
+    # were at the first evaluation: with patience 1 the second evaluation ends training.
+    run_cli("run", "finetune", "--set", "finetune.early_stopping_patience=1", "--set",
+            "finetune.learning_rate=1e-9", "--set", "finetune.checkpoint_steps=2", "--set",
+            "finetune.max_steps=12", root=tmp_path)
+    metrics = _finetune_metrics(tmp_path)
+    assert metrics["train/steps"] == 4  # evaluations at steps 2 and 4
+    assert metrics["train/best_step"] == 2
+    assert metrics["train/max_steps"] == 12  # the ceiling, not the length
+
+
+def test_without_patience_the_teacher_trains_its_full_length(tmp_path):
+    run_cli("run", "finetune", "--set", "finetune.learning_rate=1e-9", "--set", "finetune.checkpoint_steps=2",
+            "--set", "finetune.max_steps=8", root=tmp_path)
+    metrics = _finetune_metrics(tmp_path)
+    assert metrics["train/steps"] == metrics["train/max_steps"] == 8
+
+
+def test_patience_must_be_positive():
+    with pytest.raises(ConfigError, match="early_stopping_patience"):
+        load_config(TINY_YAML, ["finetune.early_stopping_patience=0"])
