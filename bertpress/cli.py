@@ -22,6 +22,9 @@ from rich.console import Console
 from bertpress.errors import BertpressError, InputError
 
 RUNTIME_COMMANDS = ("predict", "embed", "serve")
+# What only the training install has: a pipeline command run without it names the extras to add.
+TRAINING_MODULES = {"torch", "transformers", "datasets", "mlflow", "optimum", "optuna", "onnx", "accelerate",
+                    "seqeval", "matplotlib"}
 err_console = Console(stderr=True)
 
 SourceArg = Annotated[str, typer.Argument(help="Bundle directory or registry URI (models:/name@champion).")]
@@ -164,7 +167,7 @@ def full_app() -> typer.Typer:
             return entry.load()()
         except ImportError as exc:
             err_console.print(f"[yellow]the pipeline commands are unavailable ({exc}); install "
-                              "the training extras: pip install 'bertpress[train]'")
+                              "the training extras: pip install 'bertpress\\[train]'")  # \\[ keeps rich from eating [train]
     return runtime_app()
 
 
@@ -193,6 +196,12 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
         sys.exit(code or 0)
     except typer.Abort:
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        err_console.print(f"[bold red]error:[/] this command needs the training install (no module "
+                          f"{exc.name!r} here): pip install 'bertpress\\[train]'", highlight=False)
+        sys.exit(2)
     except Exception as exc:  # click usage errors come through here in non-standalone mode
         import click
 

