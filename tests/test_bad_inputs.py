@@ -82,44 +82,37 @@ def test_an_asset_that_cannot_be_downloaded_is_one_line_not_a_traceback(tmp_path
     assert "Traceback" not in proc.stderr
 
 
-def test_a_pipeline_command_without_the_training_install_names_the_extras(capsys):
-    # What a runtime-only install (no mlflow, no torch) sees from `bertpress run` (the real
-    # install is exercised by the slow test_runtime_install).
+def _app_whose_run_misses(module: str):
+    """A typer app whose `run` fails as a pipeline command does in an install without `module`."""
     import typer
-
-    from bertpress.cli import run_app
 
     app = typer.Typer()
 
     @app.command()
     def run():
-        raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
     @app.command()
-    def other():
+    def other():  # two commands, so typer dispatches on the name as the real CLI does
         pass
 
+    return app
+
+
+def test_a_pipeline_command_without_the_training_install_names_the_extras(capsys):
+    # What a runtime-only install (no mlflow, no torch) sees from `bertpress run` (the real
+    # install is exercised by the slow test_runtime_install).
+    from bertpress.cli import run_app
+
     with pytest.raises(SystemExit) as exit_info:
-        run_app(app, ["run"])
+        run_app(_app_whose_run_misses("mlflow"), ["run"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "bertpress[train]" in err and "'mlflow'" in err and "Traceback" not in err
 
 
 def test_a_missing_module_that_is_not_ours_to_install_still_raises():
-    import typer
-
     from bertpress.cli import run_app
 
-    app = typer.Typer()
-
-    @app.command()
-    def run():
-        raise ModuleNotFoundError("No module named 'mystery'", name="mystery")
-
-    @app.command()
-    def other():
-        pass
-
     with pytest.raises(ModuleNotFoundError):
-        run_app(app, ["run"])
+        run_app(_app_whose_run_misses("mystery"), ["run"])
