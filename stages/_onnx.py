@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper, numpy_helper
 
 from pipeline.config import RuntimeConfig
 from stages._hf import MODEL_INPUTS
@@ -128,3 +129,35 @@ def interleaved_rounds(predictors: dict[str, Callable[[dict[str, np.ndarray]], o
             ms = time_calls(lambda p=predict, c=cursor: p(singles[next(c) % len(singles)]), 0, iterations)
             per_round[name].append(float(np.percentile(ms, 50)))
     return per_round
+
+
+def compact_shared_rows(src: Path, dst: Path, kept: list[int], position: np.ndarray) -> dict[str, int]:
+    """Store only the kept word-embedding rows and look each input id up through `position`
+    (`input_ids -> Gather(position) -> word embedding`); the graph's outputs are unchanged for a
+    model whose rows were shared with `share_rows`. Works on the plain export (Gather) and on the
+    fused graph (EmbedLayerNormalization reads the ids and the matrix as inputs 0 and 2)."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    vocab = len(position)
+    inits = {i.name: i for i in graph.initializer}
+    users = [(node, slot) for node in graph.node for slot, name in enumerate(node.input)
+             if name in inits and tuple(inits[name].dims)[:1] == (vocab,) and len(inits[name].dims) == 2
+             and ((node.op_type == "Gather" and slot == 0) or (node.op_type == "EmbedLayerNormalization" and slot == 2))]
+    if len(users) != 1:
+        raise ValueError(f"expected one word-embedding lookup of {vocab} rows in {src}, found {len(users)}")
+    node, slot = users[0]
+    matrix = inits[node.input[slot]]
+    compact = numpy_helper.to_array(matrix)[np.asarray(kept)]
+    matrix.CopyFrom(numpy_helper.from_array(compact, matrix.name))
+    ids_slot = 1 if node.op_type == "Gather" else 0
+    # The looked-up ids keep the consumer's type: EmbedLayerNormalization takes int32 ids.
+    dtype = np.int32 if node.op_type == "EmbedLayerNormalization" else np.int64
+    remap = numpy_helper.from_array(position.astype(dtype), "shared_rows_position")
+    graph.initializer.append(remap)
+    shared_ids = "input_ids_shared_rows"
+    lookup = helper.make_node("Gather", ["shared_rows_position", node.input[ids_slot]], [shared_ids],
+                                   name="SharedRowsLookup")
+    node.input[ids_slot] = shared_ids
+    graph.node.insert(list(graph.node).index(node), lookup)
+    onnx.save(model, str(dst))
+    return {"rows": len(kept), "vocabulary": vocab}

@@ -1,0 +1,96 @@
+"""Shared embedding rows: a row budget that keeps the teacher's word pieces (stages/_vocab.py,
+stages/_onnx.py). The compact ONNX graph must predict exactly what the shared PyTorch model does."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import BertConfig, BertForTokenClassification
+
+from stages._hf import train_wordpiece_tokenizer
+from stages._onnx import compact_shared_rows
+from stages._vocab import share_rows, shared_row_plan, token_counts
+from stages.export import fuse, to_onnx
+
+DATA = Path(__file__).parent / "data" / "tiny_reviews.csv"
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    with DATA.open() as fh:
+        return [row["review"] for row in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def shared_model(texts, tmp_path_factory):
+    tokenizer = train_wordpiece_tokenizer(texts, 300)
+    torch.manual_seed(0)
+    model = BertForTokenClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=5)).eval()
+    domain = texts[:10]
+    budget = len(set(token_counts(tokenizer, domain)) | set(tokenizer.all_special_ids)) + 60
+    kept, position = shared_row_plan(tokenizer, domain, budget, model.get_input_embeddings().weight.data)
+    share_rows(model, kept, position)
+    folder = tmp_path_factory.mktemp("shared")
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder, tokenizer, kept, position
+
+
+def test_the_plan_keeps_the_budget_and_maps_kept_pieces_to_themselves(shared_model, texts):
+    _, tokenizer, kept, position = shared_model
+    assert len(kept) == len(set(kept)) and len(position) == len(tokenizer)
+    assert set(token_counts(tokenizer, texts[:10])) <= set(kept)
+    assert (position[np.asarray(kept)] == np.arange(len(kept))).all()
+    assert position.min() >= 0 and position.max() < len(kept)
+
+
+def _logits(path: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in batch.items() if k in names})[0]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_compact_graph_predicts_what_the_shared_model_does(shared_model, texts, fused):
+    folder, tokenizer, kept, position = shared_model
+    onnx_dir = folder / f"onnx-{fused}"
+    plain = to_onnx(folder / "model", onnx_dir, 17, "token-classification")
+    source = plain
+    if fused:
+        source = onnx_dir / "fused.onnx"
+        fuse(plain, source, num_heads=4, hidden_size=32)
+    compact = onnx_dir / "compact.onnx"
+    compact_shared_rows(source, compact, kept, position)
+    batch = dict(tokenizer(texts[20:28], padding=True, return_tensors="np"))
+    batch = {k: v.astype(np.int64) for k, v in batch.items()}
+    np.testing.assert_allclose(_logits(compact, batch), _logits(source, batch), atol=1e-5)
+    shapes = [tuple(i.dims) for i in onnx.load(str(compact)).graph.initializer]
+    assert (len(kept), 32) in shapes and (len(tokenizer), 32) not in shapes  # only the kept rows stored
+
+
+def test_dynamic_int8_quantizes_the_kept_rows_and_leaves_the_lookup_alone(shared_model, texts, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder, tokenizer, kept, position = shared_model
+    plain = to_onnx(folder / "model", tmp_path / "onnx", 17, "token-classification")
+    fuse(plain, tmp_path / "fused.onnx", num_heads=4, hidden_size=32)
+    compact_shared_rows(tmp_path / "fused.onnx", tmp_path / "compact.onnx", kept, position)
+    quantize_dynamic(str(tmp_path / "compact.onnx"), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # as the quantize stage
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert "QEmbedLayerNormalization" in ops and "SharedRowsLookup" in {n.name for n in graph.node}
+    table = next(i for i in graph.initializer if i.name == "shared_rows_position")
+    assert (onnx.numpy_helper.to_array(table) == position).all()
+    batch = dict(tokenizer(texts[20:28], padding=True, return_tensors="np"))
+    batch = {k: v.astype(np.int64) for k, v in batch.items()}
+    fp32, int8 = _logits(tmp_path / "compact.onnx", batch), _logits(tmp_path / "int8.onnx", batch)
+    assert (fp32.argmax(-1) == int8.argmax(-1)).mean() > 0.9
