@@ -294,6 +294,14 @@ class VocabTrimConfig(_Section):
         description="Keep at most this many tokens: special tokens, characters, then the domain's "
         "most frequent pieces. Needs logit-only distillation (no distill.intermediate).",
     )
+    share_rows: bool = Field(
+        False,
+        description="With max_tokens: train with the full vocabulary, then keep max_tokens embedding "
+        "rows (the training texts' pieces, characters, then the vocabulary's frequent pieces) and let "
+        "every other piece share its nearest kept row. Words are split as the teacher splits them, "
+        "so rare words (names) keep a similar piece's meaning instead of being re-split; the ONNX "
+        "graph stores only the kept rows and looks ids up through a remap table.",
+    )
 
 
 class SearchConfig(_Section):
@@ -350,11 +358,14 @@ class DistillConfig(TrainConfig):
     @model_validator(mode="after")
     def _budget_trim(self) -> DistillConfig:
         if self.trim_vocab.max_tokens is None:
+            if self.trim_vocab.share_rows:
+                raise ValueError("distill.trim_vocab.share_rows needs distill.trim_vocab.max_tokens (how "
+                                 "many embedding rows to keep), e.g. 7000")
             return self
         if not self.trim_vocab.enabled:
             raise ValueError("distill.trim_vocab.max_tokens is set but distill.trim_vocab.enabled is "
                              "false; enable trimming or drop max_tokens")
-        if self.intermediate.enabled:
+        if self.intermediate.enabled and not self.trim_vocab.share_rows:
             raise ValueError(
                 "distill.trim_vocab.max_tokens splits rare words into smaller pieces, so the student's "
                 "tokens no longer line up with the teacher's, which distill.intermediate's token-level "

@@ -184,6 +184,9 @@ def verify_trim(
 
 
 # -- shared rows: a budget of embedding rows without re-splitting words -------------------------
+SHARED_ROWS_FILE = "shared_rows.npz"  # beside a student's weights: kept ids and each id's row
+
+
 def shared_row_plan(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_tokens: int,
                     rows: torch.Tensor, keep_characters: bool = True) -> tuple[list[int], np.ndarray]:
     """Which `max_tokens` embedding rows to keep, and for every id of the vocabulary the position

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Trainer, set_seed
 
@@ -40,8 +41,11 @@ from stages._train import (
     training_arguments,
 )
 from stages._vocab import (
+    SHARED_ROWS_FILE,
     budget_token_ids,
     retokenization,
+    share_rows,
+    shared_row_plan,
     trim_embeddings,
     trim_tokenizer,
     trim_vocabulary,
@@ -245,7 +249,7 @@ def run(ctx: StageContext) -> StageResult:
     teacher = load_model(ctx.path("teacher_model"), task.auto_model)
     info: dict = {}
     budget = None
-    if dcfg.trim_vocab.max_tokens is not None:  # config: max_tokens implies enabled
+    if dcfg.trim_vocab.max_tokens is not None and not dcfg.trim_vocab.share_rows:  # max_tokens implies enabled
         budget, info["trim_vocab"] = plan_budget_vocab(ctx, task, raw, tokenizer)
     student_tokenizer = budget.tokenizer if budget else tokenizer
     splits, info["augment"] = task.distillation_data(ctx, raw, teacher, tokenizer, student_tokenizer,
@@ -270,10 +274,16 @@ def run(ctx: StageContext) -> StageResult:
     if budget is not None:
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/trimmed_size": float(len(budget.kept_ids)),
                     "vocab/validation_changed_share": info["trim_vocab"]["validation"]["changed_share"]}
+    elif dcfg.trim_vocab.share_rows:
+        shared = plan_shared_rows(ctx, task, raw, model, tokenizer)
+        info["trim_vocab"] = {"kept": len(shared[0]), "original": len(tokenizer), "mode": "shared rows"}
+        metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/kept_rows": float(len(shared[0]))}
     elif dcfg.trim_vocab.enabled:
         model, student_tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, task, raw, model, tokenizer)
         metrics |= trim_metrics
     metrics |= save_model(model, student_tokenizer, ctx.out / "model")
+    if dcfg.trim_vocab.share_rows:
+        np.savez(ctx.out / "model" / SHARED_ROWS_FILE, kept=np.asarray(shared[0]), position=shared[1])
     save_json(ctx.out / "metrics.json", metrics)
     ctx.log.info("student test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
     return StageResult(metrics=metrics, outputs={"student_model": "model", "student_metrics": "metrics.json"},
@@ -292,6 +302,19 @@ def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[Bu
                  "tokens per text %.1f -> %.1f", len(tokenizer), len(kept), 100 * report["changed_share"],
                  report["tokens_per_text_before"], report["tokens_per_text_after"])
     return budget, {"kept": len(kept), "original": len(tokenizer), "validation": report}
+
+
+def plan_shared_rows(ctx: StageContext, task: Task, raw, model, tokenizer) -> tuple[list[int], np.ndarray]:
+    """Keep max_tokens rows of the trained student's embedding and point every other piece at its
+    nearest kept row (the PyTorch model then holds copies; export stores only the kept rows)."""
+    tcfg = ctx.cfg.distill.trim_vocab
+    texts = domain_texts(ctx, task, raw, ("train",))
+    weight = model.get_input_embeddings().weight.data.cpu()
+    kept, position = shared_row_plan(tokenizer, texts, tcfg.max_tokens, weight, tcfg.keep_characters)
+    share_rows(model, kept, position)
+    ctx.log.info("embedding rows: %d kept of %d; every other piece reads its nearest kept row",
+                 len(kept), len(position))
+    return kept, position
 
 
 def domain_texts(ctx: StageContext, task: Task, raw, names: tuple[str, ...]) -> list[str]:

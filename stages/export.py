@@ -28,7 +28,8 @@ from transformers import AutoTokenizer
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import MODEL_INPUTS, load_model, load_splits_dir, save_json
 from stages._multi_output import ModelWithEmbeddings, export_with_embeddings
-from stages._onnx import file_mb, make_session, session_feed
+from stages._onnx import compact_shared_rows, file_mb, make_session, session_feed
+from stages._vocab import SHARED_ROWS_FILE
 from stages.tasks import get_task
 from stages.tasks.base import Task
 
@@ -145,6 +146,12 @@ def run(ctx: StageContext) -> StageResult:
                 )
             checks["fused"] = fused_path
             outputs[f"{role}_fused"] = f"{role}/model_fused.onnx"
+        if (model_dir / SHARED_ROWS_FILE).is_file():  # after fusion, which matches the plain lookup
+            shared = np.load(model_dir / SHARED_ROWS_FILE)
+            for path in checks.values():
+                compact_shared_rows(path, path, shared["kept"].tolist(), shared["position"])
+            ctx.log.info("%s: %d embedding rows stored, ids looked up through a remap table",
+                         role, len(shared["kept"]))
         for variant, path in checks.items():
             result = parity(model_dir, path, sample, task, cfg.runtime)
             info["parity"][f"{role}_{variant}"] = result
