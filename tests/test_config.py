@@ -437,6 +437,7 @@ def test_registered_name_defaults_to_the_project_and_gates_are_not_hashed() -> N
     (["distill.trim_vocab.enabled=false", "distill.trim_vocab.max_tokens=500"], "enable trimming or drop"),
     (["distill.trim_vocab.max_tokens=500"], "token-level losses"),  # tiny.yaml has layer losses on
     (["distill.trim_vocab.max_tokens=2"], "distill.trim_vocab.max_tokens"),
+    (["distill.trim_vocab.share_rows=true"], "share_rows needs distill.trim_vocab.max_tokens"),
 ])
 def test_vocabulary_budget_errors_name_the_fix(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -447,6 +448,11 @@ def test_vocabulary_budget_with_logit_only_distillation_is_valid() -> None:
     cfg = load_config(TINY, ["distill.trim_vocab.max_tokens=500", "distill.intermediate.hidden_weight=0",
                              "distill.intermediate.attention_weight=0"])
     assert cfg.distill.trim_vocab.max_tokens == 500
+
+
+def test_shared_rows_keep_the_teachers_pieces_so_layer_losses_are_allowed() -> None:
+    cfg = load_config(TINY, ["distill.trim_vocab.max_tokens=500", "distill.trim_vocab.share_rows=true"])
+    assert cfg.distill.intermediate.enabled and cfg.distill.trim_vocab.share_rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ stages/_onnx.py). The compact ONNX graph must predict exactly what the shared Py
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,20 @@ def test_dynamic_int8_quantizes_the_kept_rows_and_leaves_the_lookup_alone(shared
     batch = {k: v.astype(np.int64) for k, v in batch.items()}
     fp32, int8 = _logits(tmp_path / "compact.onnx", batch), _logits(tmp_path / "int8.onnx", batch)
     assert (fp32.argmax(-1) == int8.argmax(-1)).mean() > 0.9
+
+
+def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_path):
+    from conftest import run_cli
+
+    run_cli("run", "export", "--set", "distill.trim_vocab.max_tokens=120", "--set",
+            "distill.trim_vocab.share_rows=true", root=tmp_path, config="configs/tiny-ner.yaml")
+    [model_dir] = (tmp_path / "artifacts").glob("distill/*/model")
+    shared = np.load(model_dir / "shared_rows.npz")
+    assert len(shared["kept"]) == 120
+    vocabulary = len(shared["position"])
+    for graph in ("model.onnx", "model_fused.onnx"):
+        [path] = (tmp_path / "artifacts").glob(f"export/*/student/{graph}")
+        rows = [tuple(i.dims) for i in onnx.load(str(path)).graph.initializer if len(i.dims) == 2]
+        assert any(r[0] == 120 for r in rows) and not any(r[0] == vocabulary for r in rows), graph
+    parity = json.loads(next((tmp_path / "artifacts").glob("export/*/parity.json")).read_text())["parity"]
+    assert parity["student_fused"]["max_abs_diff"] < 1e-4 and parity["student_fused"]["argmax_changes"] == 0
