@@ -131,7 +131,7 @@ def interleaved_rounds(predictors: dict[str, Callable[[dict[str, np.ndarray]], o
     return per_round
 
 
-def compact_shared_rows(src: Path, dst: Path, kept: list[int], position: np.ndarray) -> dict[str, int]:
+def compact_shared_rows(src: Path, dst: Path, kept: list[int], position: np.ndarray) -> None:
     """Store only the kept word-embedding rows and look each input id up through `position`
     (`input_ids -> Gather(position) -> word embedding`); the graph's outputs are unchanged for a
     model whose rows were shared with `share_rows`. Works on the plain export (Gather) and on the
@@ -160,4 +160,3 @@ def compact_shared_rows(src: Path, dst: Path, kept: list[int], position: np.ndar
     node.input[ids_slot] = shared_ids
     graph.node.insert(list(graph.node).index(node), lookup)
     onnx.save(model, str(dst))
-    return {"rows": len(kept), "vocabulary": vocab}

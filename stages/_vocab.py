@@ -196,7 +196,7 @@ def shared_row_plan(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_to
     multi-character pieces in its own (frequent-first, for BERT's WordPiece files) order. The
     tokenizer is left as it is, so words are split as the teacher splits them; rare pieces read a
     similar piece's row instead of being re-split (measured on WNUT-16 NER: 7,000 rows kept test
-    entity F1 0.4856 of 0.4866 without retraining; re-splitting cost ~11 points)."""
+    entity F1 0.4856 of 0.4866 without retraining; re-splitting cost ~10 points)."""
     must = set(tokenizer.all_special_ids) | set(token_counts(tokenizer, texts))
     if keep_characters:
         must |= character_ids(tokenizer, texts)

@@ -140,7 +140,7 @@ Outputs: logits{(' + embeddings: ' + ', '.join(embeds)) if embeds else ' only (n
 
 ## Limitations
 - Trained on {data_source} only; expect lower quality on other domains.
-- {'The vocabulary was trimmed to the words of the training data: unseen words fall back to word pieces and single characters.' if cfg.distill.trim_vocab.enabled else 'Full teacher vocabulary.'}
+- {vocabulary_note(cfg.distill.trim_vocab)}
 - INT8 weights and activations: outputs are close to, not equal to, the fp32 model's.
 """
 
@@ -217,3 +217,14 @@ def run(ctx: StageContext) -> StageResult:
                                     "tracking_uri": ctx.tracker.tracking_uri, "run_id": run_id}
         metrics["release/model_version"] = float(version)
     return StageResult(metrics=metrics, outputs={"bundle": BUNDLE_ARTIFACT_PATH}, info=info)
+
+
+def vocabulary_note(trim) -> str:
+    """What the model card says unseen words become under the configured vocabulary cut."""
+    if not trim.enabled:
+        return "Full teacher vocabulary."
+    if trim.share_rows:
+        return (f"{trim.max_tokens} embedding rows kept; every other word piece reads its most similar kept "
+                "row, so words are split as the teacher splits them.")
+    return ("The vocabulary was trimmed to the words of the training data: unseen words fall back to word "
+            "pieces and single characters.")

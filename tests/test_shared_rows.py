@@ -112,3 +112,14 @@ def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_p
         assert any(r[0] == 120 for r in rows) and not any(r[0] == vocabulary for r in rows), graph
     parity = json.loads(next((tmp_path / "artifacts").glob("export/*/parity.json")).read_text())["parity"]
     assert parity["student_fused"]["max_abs_diff"] < 1e-4 and parity["student_fused"]["argmax_changes"] == 0
+
+
+def test_the_model_card_says_what_unseen_words_become():
+    from pipeline.config import VocabTrimConfig
+    from stages.release import vocabulary_note
+
+    assert "nearest" not in vocabulary_note(VocabTrimConfig(enabled=True))
+    assert "fall back" in vocabulary_note(VocabTrimConfig(enabled=True))
+    shared = vocabulary_note(VocabTrimConfig(enabled=True, max_tokens=7000, share_rows=True))
+    assert "7000 embedding rows" in shared and "fall back" not in shared
+    assert vocabulary_note(VocabTrimConfig()) == "Full teacher vocabulary."
