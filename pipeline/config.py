@@ -304,27 +304,84 @@ class VocabTrimConfig(_Section):
     )
 
 
-class SearchConfig(_Section):
-    """A small Optuna search over temperature, alpha and learning rate before the final
-    distillation; each trial is a nested MLflow run and the best trial's values are used."""
+class BudgetConfig(_Section):
+    """What the user may lose and what they need: the search ships the cheapest student (by the
+    objective) whose INT8 graph keeps the task's primary metric within max_metric_drop of the
+    teacher on validation and meets every hard limit."""
 
-    enabled: bool = False
-    trials: int = Field(6, ge=1)
-    temperature: tuple[float, float] = (1.0, 8.0)
-    alpha: tuple[float, float] = (0.0, 0.9)
-    learning_rate: tuple[float, float] = Field((2e-5, 3e-4), description="Searched on a log scale.")
-    epochs: float = Field(1.0, gt=0, description="Training epochs per trial.")
-    max_train_samples: int | None = Field(None, ge=8, description="Train subset per trial.")
+    max_metric_drop: float = Field(0.005, ge=0, lt=1, description="Allowed drop vs the teacher "
+                                   "(validation primary metric, 0.005 = 0.5 point).")
+    objective: Literal["latency", "throughput", "size"] = Field(
+        "latency", description="What 'cheapest' means: batch-1 p50 latency, throughput at batch "
+        "32, or INT8 file size.")
+    max_latency_ms: float | None = Field(None, gt=0, description="Hard limit: batch-1 p50 ms.")
+    max_size_mb: float | None = Field(None, gt=0, description="Hard limit: INT8 model MB.")
+    min_speedup: float | None = Field(
+        None, gt=0, description="Hard limit: batch-1 p50 at least this many times faster than "
+        "Optimum's stock INT8 teacher, timed in the same rounds (a ratio: robust to machine noise).")
+    max_size_ratio: float | None = Field(
+        None, gt=0, description="Hard limit: INT8 size at most this fraction of the stock INT8 teacher's.")
+
+
+class SearchSpace(_Section):
+    """The students the search may try: every list is a set of choices (one value = fixed)."""
+
+    layers: list[int] = Field(default_factory=lambda: [2, 3], description="Teacher layers kept.")
+    layer_choice: list[Literal["spread", "bottom", "top"]] = Field(
+        default_factory=lambda: ["spread"],
+        description="Which layers: spread (every n/k-th from the first), bottom or top k.")
+    hidden_size: list[int | None] = Field(
+        default_factory=lambda: [None],
+        description="Student width (null = the teacher's); heads keep the teacher's head size.")
+    intermediate_size: list[int] = Field(default_factory=lambda: [512, 768, 1024])
+    max_tokens: list[int | None] = Field(
+        default_factory=lambda: [5000, 7000],
+        description="Vocabulary budget (null = the teacher's vocabulary, trimmed losslessly).")
+    share_rows: list[bool] = Field(default_factory=lambda: [False],
+                                   description="distill.trim_vocab.share_rows for budgets.")
+    max_steps: list[int] | None = Field(None, description="Distillation lengths (optimizer steps); null "
+                                        "= distill.max_steps (or its epochs).")
+    recipe: list[Literal["logits", "logits+hidden"]] = Field(
+        default_factory=lambda: ["logits"],
+        description="Logit KD alone, or with hidden-state MSE (needs share_rows or no budget).")
+    augment: list[bool] = Field(default_factory=lambda: [False],
+                                description="distill.augment (classification: soft-target copies).")
+    temperature: list[float] | None = Field(None, description="null = distill.temperature.")
+    alpha: list[float] | None = Field(None, description="null = distill.alpha.")
+    learning_rate: list[float] | None = Field(None, description="null = distill.learning_rate.")
 
     @model_validator(mode="after")
-    def _ranges(self) -> SearchConfig:
-        for name in ("temperature", "alpha", "learning_rate"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high:
-                raise ValueError(f"distill.search.{name} must be [low, high] with 0 <= low <= high")
-        if self.alpha[1] > 1 or self.learning_rate[0] <= 0 or self.temperature[0] <= 0:
-            raise ValueError("distill.search: alpha within [0, 1], learning_rate and temperature > 0")
+    def _choices(self) -> SearchSpace:
+        for name in type(self).model_fields:
+            values = getattr(self, name)
+            if values is not None and not values:
+                raise ValueError(f"search.space.{name} needs at least one choice (or leave it out)")
+        if any(n < 1 for n in self.layers) or any(n < 8 for n in self.intermediate_size):
+            raise ValueError("search.space.layers must be >= 1 and intermediate_size >= 8")
         return self
+
+
+class SearchConfig(_Section):
+    """Budget-driven student search, a stage between the teacher and the final distillation.
+    Cheap proxies first (short distillations, architectures over a hard limit skipped before
+    training), then full-length finalists in order of cost until one keeps the budget."""
+
+    enabled: bool = False
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    cpu_budget: float = Field(
+        3.0, gt=0, description="Wall time allowed, in multiples of one full distillation of the "
+        "configured student (estimated from the first proxy run).")
+    proxy_trials: int = Field(8, ge=1, description="At most this many short (proxy) runs.")
+    proxy_fraction: float = Field(0.25, gt=0, le=1, description="Proxy length / full length.")
+    proxy_slack: float = Field(
+        0.02, ge=0, lt=1, description="A proxy may trail the budget line by this much and still "
+        "be a finalist: short runs under-estimate the finished student.")
+    finalists: int = Field(3, ge=1, description="At most this many full-length runs.")
+    timing_rounds: int = Field(5, ge=1, description="Interleaved timing rounds per architecture.")
+    timing_iterations: int = Field(20, ge=1, description="Batch-1 calls per round.")
+    latency_tie_margin: float = Field(0.05, ge=0, description="Costs closer than this are a tie: "
+                                      "the better metric wins.")
 
 
 class AugmentConfig(_Section):
@@ -352,8 +409,17 @@ class DistillConfig(TrainConfig):
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     intermediate: IntermediateConfig = Field(default_factory=IntermediateConfig)
     trim_vocab: VocabTrimConfig = Field(default_factory=VocabTrimConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "search" in data:
+            raise ValueError("distill.search moved to the top-level `search:` section, which searches "
+                             "the student's shape, vocabulary and recipe against a quality budget "
+                             "(see configs/default.yaml); temperature, alpha and learning_rate are "
+                             "search.space options there")
+        return data
 
     @model_validator(mode="after")
     def _budget_trim(self) -> DistillConfig:
@@ -559,6 +625,7 @@ class PipelineConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)

@@ -49,6 +49,18 @@ def _measure(models: dict, test, task, cfg: PipelineConfig) -> dict[str, tuple[f
             for name, model in models.items()}
 
 
+def search_gate(planned) -> list[GateResult]:
+    """With the search on, the shipped student must be one that kept the budget."""
+    search = planned[PRODUCER["search_result"]].artifact
+    if search is None:
+        return []
+    result = json.loads(search.output("search_result").read_text())
+    if not result.get("enabled"):
+        return []
+    return [GateResult("search_budget", bool(result["feasible"]), float(result["feasible"]), 1.0,
+                       result["message"])]
+
+
 def promote(cfg: PipelineConfig) -> PromotionOutcome:
     from bertpress.bundle import MODEL_FILE
     from bertpress.runtime import Model, resolve_source
@@ -94,7 +106,7 @@ def promote(cfg: PipelineConfig) -> PromotionOutcome:
     candidate = Measurement(str(version), *measured["candidate"], candidate_size, metric)
     champion = (Measurement(str(champion_version.version), *measured["champion"], champion_size, metric)
                 if "champion" in measured else None)
-    results = check_gates(candidate, champion, cfg.gates)
+    results = check_gates(candidate, champion, cfg.gates) + search_gate(planned)
     if already:
         note = f"v{version} is already the champion; only the floors were checked."
     passed = all(r.passed for r in results)

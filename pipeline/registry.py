@@ -98,9 +98,9 @@ def _data_fingerprint(cfg: PipelineConfig) -> str:
 
 
 def _search_runs_alone(cfg: PipelineConfig) -> str | None:
-    if cfg.distill.search.enabled:
-        return ("distill.search runs its trials in one process; run the search without torchrun, "
-                "then train the chosen settings with it")
+    if cfg.search.enabled:
+        return ("the search runs its trials in one process; run `bertpress run search` without "
+                "torchrun first, then the rest with it")
     return None
 
 
@@ -146,11 +146,15 @@ STAGES: tuple[StageSpec, ...] = (
     _spec("finetune", ("dataset", "teacher_tokenizer", "labels"), ("teacher_model", "teacher_metrics"),
           ("project.seed", "teacher", "finetune"), "fine-tune the teacher", trains=True,
           preflight=_teacher_inputs),
-    _spec("distill", ("dataset", "teacher_tokenizer", "labels", "teacher_model"),
-          ("student_model", "student_metrics"), ("project.seed", "distill"), "distill the student",
-          trains=True, single_process=_search_runs_alone, preflight=_student_inputs),
     _spec("baseline", ("teacher_model",), ("stock_int8", "stock_int8_dir", "baseline_report"), (),
           "the teacher through Optimum's stock O2 + dynamic INT8"),
+    _spec("search", ("dataset", "teacher_tokenizer", "labels", "teacher_model", "teacher_metrics", "stock_int8"),
+          ("search_result",), ("project.seed", "search", "distill", "export.opset"),
+          "search students against the quality budget (when search.enabled)",
+          single_process=_search_runs_alone, inactive=lambda cfg: not cfg.search.enabled),
+    _spec("distill", ("dataset", "teacher_tokenizer", "labels", "teacher_model", "search_result"),
+          ("student_model", "student_metrics"), ("project.seed", "distill"), "distill the student",
+          trains=True, preflight=_student_inputs),
     _spec("export", ("dataset", "teacher_model", "student_model"),
           ("teacher_onnx", "teacher_best", "teacher_dir", "student_onnx", "student_best",
            "student_dir", "parity"), ("export",), "export to ONNX, check, fuse"),
@@ -158,7 +162,7 @@ STAGES: tuple[StageSpec, ...] = (
           ("student_int8", "student_int8_dir", "quantize_report"), ("quantize",),
           "INT8 candidates, measured; the fastest within tolerance ships"),
     _spec("benchmark", ("dataset", "teacher_model", "stock_int8", "stock_int8_dir", "student_model",
-                        "teacher_best", "student_best", "student_int8"),
+                        "teacher_best", "student_best", "student_int8", "search_result"),
           ("benchmark_report", "results_table", "pareto_plot", "length_plot"), ("benchmark",),
           "quality, latency, throughput and size of every variant"),
     _spec("release", ("dataset", "labels", "data_report", "student_model", "parity", "student_best",

@@ -109,7 +109,10 @@ def plan(cfg: PipelineConfig, store: ArtifactStore) -> dict[str, PlannedStage]:
         config = section_values(cfg, spec.config_sections)
         upstream = {name: planned[name].key for name in spec.upstream}
         fingerprint = spec.fingerprint(cfg) if spec.fingerprint else None
-        key = stage_key(spec.name, config, upstream, code_version(spec, cfg.task.type), fingerprint)
+        if spec.inactive is not None and spec.inactive(cfg):
+            key = stage_key(spec.name, {"inactive": True}, upstream, "inactive", None)
+        else:
+            key = stage_key(spec.name, config, upstream, code_version(spec, cfg.task.type), fingerprint)
         artifact = current(store, spec, key, planned)
         stale = [k for k in store.finished_keys(spec.name) if k != key or artifact is None]
         planned[spec.name] = PlannedStage(spec, key, config, artifact, stale)

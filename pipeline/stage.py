@@ -89,3 +89,6 @@ class StageSpec:
     single_process: Callable[[PipelineConfig], str | None] | None = None
     # Problems with this stage's external inputs, checked before any stage runs.
     preflight: Callable[[PipelineConfig], list[str]] | None = None
+    # Switched off by config: its key then ignores its config and code (it writes a fixed "off"
+    # record), so editing them does not invalidate the stages downstream.
+    inactive: Callable[[PipelineConfig], bool] | None = None

@@ -283,6 +283,15 @@ def run(ctx: StageContext) -> StageResult:
     isa = ", ".join(f"{k}: {v}" for k, v in report["cpu"].items() if k not in ("model", "cores"))
     pareto = f"\nPareto front ({labels[metric]} vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
     extra = f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
+    search = ctx.read_json("search_result")
+    outputs = {}
+    if search.get("enabled"):
+        report["search"] = search_summary(search)
+        extra += search_markdown(search, labels[metric])
+        plot_search(search, ctx.out / "search_pareto.png", labels[metric])
+        outputs["search_plot"] = "search_pareto.png"
+        ctx.tracker.log_artifact(ctx.out / "search_pareto.png")
+        save_json(ctx.out / "benchmark.json", report)
     (ctx.out / "results.md").write_text(header + table + pareto + f"\nCPU features: {isa}.\n" + extra)
     plot(results, ctx.out / "accuracy_vs_latency.png", report["pareto_front"], metric, labels[metric])
     plot_length(sweeps, results, ctx.out / "latency_vs_length.png", report["threads"])
@@ -305,5 +314,72 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(
         metrics=metrics,
         outputs={"benchmark_report": "benchmark.json", "results_table": "results.md",
-                 "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"},
+                 "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"} | outputs,
     )
+
+
+# -- the search's trials (validation, measured by the search stage) -------------------------------
+def search_summary(search: dict) -> dict:
+    keys = ("feasible", "message", "chosen", "teacher_metric", "floor", "objective", "pareto_front", "wall_s",
+            "cpu_budget_s", "trials")
+    return {k: search.get(k) for k in keys}
+
+
+def search_markdown(search: dict, label: str) -> str:
+    """Every trial the search tried, the Pareto front marked, the choice and the verdict."""
+    front = {tuple(p) for p in search["pareto_front"]}
+    chosen = (search["chosen"] or {}).get("number")
+    lines = [f"\n## Search: {'within budget' if search['feasible'] else 'NO STUDENT WITHIN BUDGET'}\n",
+             search["message"] + ".", "",
+             f"Teacher validation {label} {search['teacher_metric']:.4f}, floor {search['floor']:.4f}; "
+             f"objective: {search['objective']}; wall {search['wall_s']:.0f} s (CPU budget "
+             f"{search['cpu_budget_s']:.0f} s). Proxy = short run, fp32; final = full length, INT8. "
+             "Costs: the INT8 graph, batch 1, timed against the stock INT8 teacher in the same rounds.", "",
+             f"| trial | phase | layers | FFN | hidden | vocab | recipe | steps | val {label} | p50 ms | "
+             "speed-up vs stock INT8 | MB | front |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in search["trials"]:
+        p = t["params"]
+        vocab = "full" if p["max_tokens"] is None else f"{p['max_tokens']}{' shared' if p.get('share_rows') else ''}"
+        recipe = p.get("recipe", p.get("recipe_budget", "logits")) + (" +aug" if p.get("augment") else "")
+        metric = "-" if t["metric"] is None else f"{t['metric']:.4f}"
+        speed = f"{t['speedup']:.2f}x" if t.get("speedup") else "-"
+        mark = ("**chosen** " if t["phase"] == "final" and t["number"] == chosen else "") + \
+            ("yes" if (t["phase"], t["number"]) in front else "")
+        lines.append(f"| {t['number']} | {t['phase']} | {p['layers']} ({p['layer_choice']}) | "
+                     f"{p['intermediate_size']} | {p['hidden_size'] or 'teacher'} | {vocab} | {recipe} | "
+                     f"{t['extra'].get('steps', '-')} | {metric} | {t['latency_ms']:.3f} | {speed} | "
+                     f"{t['size_mb']:.2f} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_search(search: dict, path: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"proxy": ("o", "none"), "final": ("s", None), "over-limit": ("x", None)}
+    for phase, (marker, face) in styles.items():
+        pts = [(t["latency_ms"], t["metric"] if t["metric"] is not None else search["floor"])
+               for t in search["trials"] if t["phase"] == phase]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), marker=marker, label=phase,
+                       **({"facecolors": face, "edgecolors": "C0"} if face else {}))
+    by_id = {(t["phase"], t["number"]): t for t in search["trials"]}
+    front = sorted((by_id[tuple(p)]["latency_ms"], by_id[tuple(p)]["metric"]) for p in search["pareto_front"])
+    if front:
+        ax.step(*zip(*front, strict=True), where="post", color="grey", linestyle="--", label="Pareto front")
+    ax.axhline(search["floor"], color="red", linewidth=0.8, label="budget floor")
+    chosen = search.get("chosen")
+    if chosen:
+        t = by_id[("final", chosen["number"])]
+        ax.scatter([t["latency_ms"]], [t["metric"]], marker="*", s=200, color="gold", edgecolors="k", label="chosen")
+    ax.set_xlabel("INT8 batch-1 p50 latency (ms)")
+    ax.set_ylabel(f"validation {label}")
+    ax.set_title("students the search tried")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -6,15 +6,15 @@ the teacher's vocabulary. The loss is the task's: alpha * CE + (1 - alpha) * T^2
 (per word for token classification), plus optional hidden-state MSE and attention KL on mapped
 layers (_losses). With a vocabulary budget the student reads other pieces than its teacher, so the
 teacher's targets are computed once on its own pieces and carried as a column. Options: augmented /
-unlabelled inputs trained on soft targets only (classification), an Optuna search over temperature,
-alpha and learning rate (nested MLflow runs), vocabulary trimming after training with a proof on
-validation (_vocab).
+unlabelled inputs trained on soft targets only (classification), vocabulary trimming after training
+with a proof on validation (_vocab). With the search stage on, its chosen settings replace the
+distill section and its trained weights are reused (same settings, same seed: the same student).
 Writes: model/ (student weights, config, tokenizer), metrics.json.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -190,54 +190,36 @@ def build_trainer(ctx: StageContext, task: Task, dcfg: DistillConfig, teacher, s
     )
 
 
-def search(ctx: StageContext, task: Task, teacher, id2label, tokenizer, splits,
-           budget: BudgetVocab | None = None) -> tuple[DistillConfig, list[dict]]:
-    """Optuna TPE over temperature, alpha and learning rate; objective = the task's primary
-    metric on validation."""
-    import shutil
+def prepare_distillation(ctx: StageContext, task: Task, raw, teacher, tokenizer):
+    """The vocabulary budget (cut before training, unless rows are shared after it) and the
+    student's inputs with the teacher's targets: (budget or None, splits, info)."""
+    tcfg = ctx.cfg.distill.trim_vocab
+    info: dict = {}
+    budget = None
+    if tcfg.max_tokens is not None and not tcfg.share_rows:  # max_tokens implies enabled
+        budget, info["trim_vocab"] = plan_budget_vocab(ctx, task, raw, tokenizer)
+    student_tokenizer = budget.tokenizer if budget else tokenizer
+    splits, info["augment"] = task.distillation_data(ctx, raw, teacher, tokenizer, student_tokenizer,
+                                                     precompute=budget is not None)
+    return budget, splits, info
 
-    import optuna
 
-    dcfg, scfg = ctx.cfg.distill, ctx.cfg.distill.search
-    metric = task.primary_metric
-    train = splits["train"]
-    if scfg.max_train_samples and len(train) > scfg.max_train_samples:
-        train = train.shuffle(seed=ctx.cfg.project.seed).select(range(scfg.max_train_samples))
-    trials: list[dict] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        values = {
-            "temperature": trial.suggest_float("temperature", *scfg.temperature),
-            "alpha": trial.suggest_float("alpha", *scfg.alpha),
-            "learning_rate": trial.suggest_float("learning_rate", *scfg.learning_rate, log=True),
-        }
-        trial_cfg = dcfg.model_copy(update=values | {"epochs": scfg.epochs, "max_steps": -1})
-        scratch = ctx.scratch / f"trial-{trial.number}"
-        shutil.rmtree(scratch, ignore_errors=True)  # trials are cheap to redo; never resume one
-        with ctx.tracker.child_run(f"trial-{trial.number}", values):
-            set_seed(ctx.cfg.project.seed)
-            student = make_student(trial_cfg, teacher, id2label, tokenizer, task, budget)
-            trainer = build_trainer(ctx, task, trial_cfg, teacher, student,
-                                    budget.tokenizer if budget else tokenizer, train, splits["validation"],
-                                    scratch)
-            trainer.train()
-            score = evaluate(trainer, splits["validation"], task)[metric]
-            ctx.tracker.log_metrics({f"eval/{metric}": score})
-        shutil.rmtree(scratch, ignore_errors=True)
-        trials.append(values | {"number": trial.number, f"eval_{metric}": score})
-        ctx.log.info("trial %d: %s -> validation %s %.4f", trial.number, values, metric, score)
-        return score
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if task.greater_is_better else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=ctx.cfg.project.seed))
-    study.optimize(objective, n_trials=scfg.trials)
-    best = study.best_params
-    ctx.log.info("best trial %d: %s (validation %s %.4f)", study.best_trial.number, best, metric, study.best_value)
-    return dcfg.model_copy(update=best), trials
+def searched(ctx: StageContext) -> tuple[StageContext, dict | None]:
+    """With the search on, the student it chose (its distill settings replace the config's)."""
+    result = ctx.read_json("search_result")
+    if not result.get("enabled"):
+        return ctx, None
+    if result.get("chosen") is None:
+        raise StageError(f"the search finished no student: {result.get('message')}")
+    dcfg = DistillConfig.model_validate(result["chosen"]["distill"])
+    ctx.log.info("the search chose trial %d: %s", result["chosen"]["number"], result["chosen"]["params"])
+    if not result["feasible"]:
+        ctx.log.warning("it is the best found, not within budget: %s", result["message"])
+    return replace(ctx, cfg=ctx.cfg.model_copy(update={"distill": dcfg})), result
 
 
 def run(ctx: StageContext) -> StageResult:
+    ctx, search = searched(ctx)
     cfg = ctx.cfg
     dcfg = cfg.distill
     task = get_task(cfg)
@@ -247,27 +229,28 @@ def run(ctx: StageContext) -> StageResult:
     raw = load_splits_dir(ctx.path("dataset"))
     id2label, _ = label_maps(ctx.path("labels"))
     teacher = load_model(ctx.path("teacher_model"), task.auto_model)
-    info: dict = {}
-    budget = None
-    if dcfg.trim_vocab.max_tokens is not None and not dcfg.trim_vocab.share_rows:  # max_tokens implies enabled
-        budget, info["trim_vocab"] = plan_budget_vocab(ctx, task, raw, tokenizer)
+    budget, splits, info = prepare_distillation(ctx, task, raw, teacher, tokenizer)
     student_tokenizer = budget.tokenizer if budget else tokenizer
-    splits, info["augment"] = task.distillation_data(ctx, raw, teacher, tokenizer, student_tokenizer,
-                                                     precompute=budget is not None)
-    if dcfg.search.enabled:
-        dcfg, info["search_trials"] = search(ctx, task, teacher, id2label, tokenizer, splits, budget)
-        info["chosen"] = {k: getattr(dcfg, k) for k in ("temperature", "alpha", "learning_rate")}
-        set_seed(cfg.project.seed)
-    student = make_student(dcfg, teacher, id2label, tokenizer, task, budget)
+    if search is not None:
+        info["search"] = {"chosen": search["chosen"]["params"], "number": search["chosen"]["number"],
+                          "feasible": search["feasible"]}
+    if ctx.has("search_winner"):  # trained by the search with these very settings: not redone
+        student = load_model(ctx.path("search_winner"), task.auto_model)
+        ctx.log.info("student: the search's trained trial %d (%s)", search["chosen"]["number"],
+                     ctx.path("search_winner"))
+    else:
+        student = make_student(dcfg, teacher, id2label, tokenizer, task, budget)
     ctx.log.info(
         "student %.1fM parameters (%d layers) from a %.1fM teacher",
         student.num_parameters() / 1e6, student.config.num_hidden_layers, teacher.num_parameters() / 1e6,
     )
     trainer = build_trainer(ctx, task, dcfg, teacher, student, student_tokenizer, splits["train"],
                             splits["validation"], ctx.scratch)
-    metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"], task)
-    if "chosen" in info:
-        metrics |= {f"search/best_{k}": float(v) for k, v in info["chosen"].items()}
+    if ctx.has("search_winner"):
+        metrics = {f"{split}/{name}": value for split, ds in (("eval", splits["validation"]), ("test", splits["test"]))
+                   for name, value in evaluate(trainer, ds, task).items() if not isinstance(value, dict)}
+    else:
+        metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"], task)
     trainer.model.set_attn_implementation("sdpa")  # the fast path for everything downstream
     model = trainer.model
     info["student_layers"] = model.config.num_hidden_layers
