@@ -121,7 +121,7 @@ def choose(finals: list[Trial], teacher_metric: float, budget: BudgetConfig, met
         f"no student met the budget (validation {metric_name} >= {floor:.4f}, i.e. at most "
         f"{budget.max_metric_drop * 100:.2f} pt below the teacher's {teacher_metric:.4f}"
         + (f", {', '.join(broken)}" if broken else "") + f"); the best found, trial {best.number}, "
-        f"reached {best.metric:.4f} ({lost:+.2f} pt lost), {describe_cost(best)}. Allow a larger "
+        f"reached {best.metric:.4f} ({lost:.2f} pt below the teacher), {describe_cost(best)}. Allow a larger "
         "search.budget.max_metric_drop, widen search.space (more layers, wider FFN, a larger "
         "vocabulary, longer distillation) or raise search.cpu_budget"))
 

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
@@ -103,6 +104,11 @@ def run(
 
         console.print(results_table(declared["benchmark_report"]))
         console.print(f"Full report: {declared['results_table']}, plot: {declared['pareto_plot']}")
+    if declared.get("search_result") is not None:
+        search = json.loads(declared["search_result"].read_text())
+        if search.get("enabled"):
+            style = "green" if search["feasible"] else "bold red"
+            console.print(f"[{style}]Search:[/{style}] {escape(search['message'])}")
     if declared.get("bundle") is not None:
         console.print(f"Bundle: {declared['bundle']}   try: bertpress predict {declared['bundle']} "
                       "\"a text\"   promote: `make promote`")

@@ -9,7 +9,8 @@ teacher's targets are computed once on its own pieces and carried as a column. O
 unlabelled inputs trained on soft targets only (classification), vocabulary trimming after training
 with a proof on validation (_vocab). With the search stage on, its chosen settings replace the
 distill section and its trained weights are reused (same settings, same seed: the same student).
-Writes: model/ (student weights, config, tokenizer), metrics.json.
+Writes: model/ (student weights, config, tokenizer), metrics.json, settings.json (the distill
+settings used).
 """
 
 from __future__ import annotations
@@ -268,9 +269,11 @@ def run(ctx: StageContext) -> StageResult:
     if dcfg.trim_vocab.share_rows:
         np.savez(ctx.out / "model" / SHARED_ROWS_FILE, kept=np.asarray(shared[0]), position=shared[1])
     save_json(ctx.out / "metrics.json", metrics)
+    # The settings this student was made with (the search's choice where it ran), for the model card.
+    save_json(ctx.out / "settings.json", {"distill": dcfg.model_dump(mode="json"), "search": info.get("search")})
     ctx.log.info("student test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
-    return StageResult(metrics=metrics, outputs={"student_model": "model", "student_metrics": "metrics.json"},
-                       info=info)
+    return StageResult(metrics=metrics, outputs={"student_model": "model", "student_metrics": "metrics.json",
+                                                 "student_settings": "settings.json"}, info=info)
 
 
 def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[BudgetVocab, dict]:

@@ -20,6 +20,7 @@ import numpy as np
 from bertpress import __version__
 from bertpress import bundle as bundle_format
 from bertpress.runtime import BUNDLE_ARTIFACT_PATH, BUNDLE_URI_TAG, Model
+from pipeline.config import DistillConfig
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import label_maps, load_splits_dir, save_json
 from stages.tasks import get_task
@@ -101,6 +102,12 @@ def model_card(ctx: StageContext, task: Task, meta: dict[str, Any], bench: dict[
     variants = [v for v in ("teacher-pytorch", "teacher-stock-int8", "student-onnx", "student-int8") if v in bench]
     embeds = [o for o in meta["outputs"] if o != "logits"]
     use = {"sequence-classification": '"some text"', "token-classification": '"Barack Obama visited Paris"'}
+    settings = ctx.read_json("student_settings")
+    dcfg = DistillConfig.model_validate(settings["distill"])
+    searched = settings.get("search")
+    search_note = "" if not searched else (
+        f"\n- Chosen by the student search (trial {searched['number']}, "
+        f"{'within' if searched['feasible'] else 'NOT within'} the quality budget): {json.dumps(searched['chosen'])}.")
     return f"""# {meta['name']}
 
 A compact BERT model for {task.name} made by bertpress {meta['provenance']['bertpress_version']}: a
@@ -123,9 +130,9 @@ runtime at release. Latency: real test sentences, batch 1, {cfg.runtime.threads 
 the machine that ran the pipeline.
 
 ## How it was made
-- Distillation: temperature {cfg.distill.temperature}, alpha {cfg.distill.alpha}, steps
-  {cfg.distill.max_steps if cfg.distill.max_steps > 0 else f'{cfg.distill.epochs} epochs'}, layers kept
-  {cfg.distill.student.keep_layers}, vocabulary trimming {'on' if cfg.distill.trim_vocab.enabled else 'off'}.
+- Distillation: temperature {dcfg.temperature}, alpha {dcfg.alpha}, steps
+  {dcfg.max_steps if dcfg.max_steps > 0 else f'{dcfg.epochs} epochs'}, layers kept
+  {dcfg.student.keep_layers}, vocabulary trimming {'on' if dcfg.trim_vocab.enabled else 'off'}.{search_note}
 - Quantization: candidate `{quant.get('selected', '-')}` selected (within {cfg.quantize.max_metric_drop}
   validation {labels[primary]} of fp32; latency only where it beats measured noise); integer ops
   {json.dumps(quant.get('candidates', {}).get(quant.get('selected'), {}).get('integer_ops', {}))}.
@@ -140,7 +147,7 @@ Outputs: logits{(' + embeddings: ' + ', '.join(embeds)) if embeds else ' only (n
 
 ## Limitations
 - Trained on {data_source} only; expect lower quality on other domains.
-- {vocabulary_note(cfg.distill.trim_vocab)}
+- {vocabulary_note(dcfg.trim_vocab)}
 - INT8 weights and activations: outputs are close to, not equal to, the fp32 model's.
 """
 

@@ -37,6 +37,7 @@ from transformers import AutoTokenizer, set_seed
 
 from pipeline.budget import (
     Trial,
+    by_cost,
     choose,
     cost,
     finalist_order,
@@ -440,10 +441,11 @@ def run(ctx: StageContext) -> StageResult:
         reference = reference_params(ctx.cfg.distill, scfg.space, search.teacher.config)
         if reference is not None:  # the configured student first: a known point, and the time yardstick
             study.enqueue_trial(reference)
+    resumed = len(recorded(study))
     ctx.log.info("search: teacher validation %s %.4f, budget: at most %.2f pt lower (floor %.4f), objective "
                  "%s; %d trials already done", task.primary_metric, search.teacher_metric,
                  budget.max_metric_drop * 100, metric_floor(search.teacher_metric, budget), budget.objective,
-                 len(recorded(study)))
+                 resumed)
 
     def full_run_estimate() -> float | None:
         """Seconds for one full distillation of the configured student, from the first proxy."""
@@ -474,15 +476,19 @@ def run(ctx: StageContext) -> StageResult:
 
     records = recorded(study)
     proxies = [t for t in records if t.phase == "proxy"]
-    if not proxies:
-        raise StageError("search: no proxy trial was trained (every architecture broke a hard limit: "
-                         f"{[t.extra.get('limits') for t in records]}); relax search.budget's limits or "
-                         "add smaller choices to search.space")
+    if not records:
+        raise StageError("search: every student the sampler proposed was refused by the config rules "
+                         "(see the log); widen search.space")
+    if proxies:
+        order = finalist_order(proxies, search.teacher_metric, budget, scfg.proxy_slack, scfg.latency_tie_margin)
+    else:  # every architecture broke a hard limit: train the cheapest, so the verdict names a real student
+        ctx.log.warning("search: every architecture tried broke a hard limit; the cheapest is trained so "
+                        "the report can say what it would keep")
+        order = by_cost(records, budget.objective, scfg.latency_tie_margin)[:1]
     estimate = full_run_estimate() or 0.0
-    order = finalist_order(proxies, search.teacher_metric, budget, scfg.proxy_slack, scfg.latency_tie_margin)
     finals: list[Trial] = []
     for proxy in order[: scfg.finalists]:
-        cost_estimate = proxy.extra["s_per_step"] * proxy.extra["full_steps"]
+        cost_estimate = proxy.extra.get("s_per_step", 0.0) * proxy.extra.get("full_steps", 0)
         done = (search.finals_dir / f"{proxy.number}.json").is_file()
         if finals and not done and spent() + cost_estimate > scfg.cpu_budget * max(estimate, 1e-9):
             ctx.log.info("search: CPU budget spent; %d finalist(s) trained", len(finals))
@@ -511,7 +517,7 @@ def run(ctx: StageContext) -> StageResult:
         "objective": budget.objective, "feasible": choice.feasible, "message": choice.message,
         "chosen": chosen, "trials": [as_json(t) for t in everything],
         "pareto_front": [[t.phase, t.number] for t in front],
-        "wall_s": wall, "full_run_estimate_s": estimate, "cpu_budget_s": scfg.cpu_budget * estimate,
+        "resumed_with_trials": resumed, "wall_s": wall, "full_run_estimate_s": estimate, "cpu_budget_s": scfg.cpu_budget * estimate,
         "space": scfg.space.model_dump(mode="json"),
     }
     save_json(ctx.out / RESULT_FILE, report)

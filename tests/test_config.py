@@ -392,8 +392,8 @@ def test_cli_run_unknown_stage() -> None:
     assert "nosuchstage" in out
     for name in ("all", *STAGE_NAMES):
         assert name in out
-    assert STAGE_NAMES == ("data", "finetune", "distill", "baseline", "export", "quantize", "benchmark",
-                           "release")
+    assert STAGE_NAMES == ("data", "finetune", "baseline", "search", "distill", "export", "quantize",
+                           "benchmark", "release")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,6 +453,40 @@ def test_vocabulary_budget_with_logit_only_distillation_is_valid() -> None:
 def test_shared_rows_keep_the_teachers_pieces_so_layer_losses_are_allowed() -> None:
     cfg = load_config(TINY, ["distill.trim_vocab.max_tokens=500", "distill.trim_vocab.share_rows=true"])
     assert cfg.distill.intermediate.enabled and cfg.distill.trim_vocab.share_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["distill.search.enabled=true"], "moved to the top-level `search:` section"),
+    (["search.space.layers=[]"], "search.space.layers needs at least one choice"),
+    (["search.space.intermediate_size=[4]"], "intermediate_size >= 8"),
+    (["search.budget.objective=speed"], "search.budget.objective"),
+    (["search.budget.max_metric_drop=-0.01"], "search.budget.max_metric_drop"),
+    (["search.cpu_budget=0"], "search.cpu_budget"),
+    (["search.proxy_fraction=1.5"], "search.proxy_fraction"),
+    (["search.space.depth=[2]"], "search.space.depth"),
+])
+def test_search_errors_name_the_field(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, overrides)
+
+
+def test_a_switched_off_search_does_not_invalidate_the_student() -> None:
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import plan
+
+    def keys(*overrides: str) -> dict[str, str]:
+        cfg = load_config(TINY, list(overrides))
+        return {n: p.key for n, p in plan(cfg, ArtifactStore(Path("/nonexistent"))).items()}
+
+    base = keys()
+    assert keys("search.proxy_trials=3") == base  # off: its settings are not part of any key
+    on = keys("search.enabled=true")
+    assert on["search"] != base["search"] and on["distill"] != base["distill"]
+    assert keys("search.enabled=true", "search.proxy_trials=3")["distill"] != on["distill"]
 
 
 # ---------------------------------------------------------------------------------------------

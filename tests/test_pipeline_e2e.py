@@ -229,25 +229,6 @@ def test_distill_into_a_given_smaller_model(tiny, first_status):
     assert set(config["id2label"].values()) == {"negative", "neutral", "positive"}
 
 
-def test_search_runs_nested_trials_and_carries_the_best_forward(tiny, first_status):
-    overrides = ("--set", "distill.search.enabled=true", "--set", "distill.search.trials=2",
-                 "--set", "distill.search.epochs=1")
-    bertpress("run", "distill", *overrides, root=tiny)
-    path = Path(status(tiny, *overrides)["distill"]["path"])
-    manifest = json.loads((path / "manifest.json").read_text())
-    trials = manifest["info"]["search_trials"]
-    assert len(trials) == 2
-    best = max(trials, key=lambda t: t["eval_accuracy"])
-    assert manifest["info"]["chosen"] == {k: best[k] for k in ("temperature", "alpha", "learning_rate")}
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny / 'mlflow.db'}")
-    distill_run = client.get_run(manifest["mlflow_run_id"])
-    children = client.search_runs(
-        [distill_run.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{distill_run.info.run_id}'")
-    assert sorted(r.data.tags["trial"] for r in children) == ["trial-0", "trial-1"]
-    assert all("eval/accuracy" in r.data.metrics and "temperature" in r.data.params for r in children)
-
-
 def test_augmented_distillation(tiny, first_status):
     unlabeled = tiny / "unlabeled.txt"
     unlabeled.write_text("an utterly wonderful film\n\na tedious, lifeless script\n")
