@@ -341,9 +341,10 @@ class SearchSpace(_Section):
                                    description="distill.trim_vocab.share_rows for budgets.")
     max_steps: list[int] | None = Field(None, description="Distillation lengths (optimizer steps); null "
                                         "= distill.max_steps (or its epochs).")
-    recipe: list[Literal["logits", "logits+hidden"]] = Field(
+    recipe: list[Literal["logits", "logits+hidden", "logits+attention", "logits+hidden+attention"]] = Field(
         default_factory=lambda: ["logits"],
-        description="Logit KD alone, or with hidden-state MSE (needs share_rows or no budget).")
+        description="Logit KD alone, or with TinyBERT-style layer losses (weight 1.0): hidden-state MSE, "
+        "attention KL (need share_rows or no vocabulary budget).")
     augment: list[bool] = Field(default_factory=lambda: [False],
                                 description="distill.augment (classification: soft-target copies).")
     temperature: list[float] | None = Field(None, description="null = distill.temperature.")

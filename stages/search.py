@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer, set_seed
 
-from pipeline.budget import (
+from pipeline.config import DistillConfig, QuantCandidate
+from pipeline.stage import StageContext, StageError, StageResult
+from stages._budget import (
     Trial,
     by_cost,
     choose,
@@ -44,9 +46,8 @@ from pipeline.budget import (
     limit_violations,
     metric_floor,
     pareto_front,
+    proxy_gap,
 )
-from pipeline.config import DistillConfig, QuantCandidate
-from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import label_maps, load_model, load_splits_dir, save_json
 from stages._onnx import (
     compact_shared_rows,
@@ -111,8 +112,8 @@ def candidate_config(base: DistillConfig, params: dict[str, Any], teacher_config
                            "share_rows": params["share_rows"]}
     if params["max_steps"] is not None:
         data["max_steps"] = params["max_steps"]
-    hidden_loss = params["recipe"] == "logits+hidden"
-    data["intermediate"] |= {"hidden_weight": 1.0 if hidden_loss else 0.0, "attention_weight": 0.0}
+    data["intermediate"] |= {"hidden_weight": 1.0 if "hidden" in params["recipe"] else 0.0,
+                             "attention_weight": 1.0 if "attention" in params["recipe"] else 0.0}
     data["augment"]["enabled"] = params["augment"]
     for name in ("temperature", "alpha", "learning_rate"):
         if name in params:
@@ -140,7 +141,10 @@ def reference_params(dcfg: DistillConfig, space, teacher_config) -> dict[str, An
         if dcfg.trim_vocab.share_rows not in space.share_rows:
             return None
         params["share_rows"] = dcfg.trim_vocab.share_rows
-    recipe = "logits+hidden" if dcfg.intermediate.enabled else "logits"
+    inter = dcfg.intermediate
+    recipe = "logits" + ("+hidden" if inter.hidden_weight > 0 else "") + ("+attention" if inter.attention_weight > 0 else "")
+    if inter.enabled and (inter.hidden_weight not in (0, 1) or inter.attention_weight not in (0, 1)):
+        return None  # the recipes use weight 1.0
     aligned = params["max_tokens"] is None or params.get("share_rows")
     if recipe not in (space.recipe if aligned else ["logits"]):
         return None
@@ -424,6 +428,8 @@ def run(ctx: StageContext) -> StageResult:
         save_json(ctx.out / RESULT_FILE, {"enabled": False})
         return StageResult(outputs={"search_result": RESULT_FILE}, info={"enabled": False})
 
+    import optuna
+
     configure_torch(ctx.cfg.runtime)
     search = Search(ctx)
     task, budget = search.task, scfg.budget
@@ -437,10 +443,12 @@ def run(ctx: StageContext) -> StageResult:
     def save_spent() -> None:
         study.set_user_attr("spent_s", spent())
 
-    if not study.trials:
-        reference = reference_params(ctx.cfg.distill, scfg.space, search.teacher.config)
-        if reference is not None:  # the configured student first: a known point, and the time yardstick
-            study.enqueue_trial(reference)
+    reference = reference_params(ctx.cfg.distill, scfg.space, search.teacher.config)
+    tried = [t.params for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+             and t.state != optuna.trial.TrialState.FAIL]
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if reference is not None and reference not in tried and not waiting:
+        study.enqueue_trial(reference)  # the configured student first (again, if a kill cut it short)
     resumed = len(recorded(study))
     ctx.log.info("search: teacher validation %s %.4f, budget: at most %.2f pt lower (floor %.4f), objective "
                  "%s; %d trials already done", task.primary_metric, search.teacher_metric,
@@ -479,15 +487,21 @@ def run(ctx: StageContext) -> StageResult:
     if not records:
         raise StageError("search: every student the sampler proposed was refused by the config rules "
                          "(see the log); widen search.space")
-    if proxies:
-        order = finalist_order(proxies, search.teacher_metric, budget, scfg.proxy_slack, scfg.latency_tie_margin)
-    else:  # every architecture broke a hard limit: train the cheapest, so the verdict names a real student
+    estimate = full_run_estimate() or 0.0
+    if not proxies:  # every architecture broke a hard limit: train the cheapest, so the verdict names a real student
         ctx.log.warning("search: every architecture tried broke a hard limit; the cheapest is trained so "
                         "the report can say what it would keep")
-        order = by_cost(records, budget.objective, scfg.latency_tie_margin)[:1]
-    estimate = full_run_estimate() or 0.0
     finals: list[Trial] = []
-    for proxy in order[: scfg.finalists]:
+    pending = list(proxies) if proxies else by_cost(records, budget.objective, scfg.latency_tie_margin)[:1]
+    while pending and len(finals) < scfg.finalists:
+        # Which proxies could make it at full length: the gain finals showed over their proxies so far.
+        gap = proxy_gap(finals, scfg.proxy_slack)
+        order = (finalist_order(pending, search.teacher_metric, budget, gap, scfg.latency_tie_margin)
+                 if proxies else pending)
+        if not order:
+            break
+        proxy = order[0]
+        pending.remove(proxy)
         cost_estimate = proxy.extra.get("s_per_step", 0.0) * proxy.extra.get("full_steps", 0)
         done = (search.finals_dir / f"{proxy.number}.json").is_file()
         if finals and not done and spent() + cost_estimate > scfg.cpu_budget * max(estimate, 1e-9):
@@ -496,7 +510,7 @@ def run(ctx: StageContext) -> StageResult:
         finals.append(search.final(proxy))
         save_spent()
         if choose(finals, search.teacher_metric, budget, task.primary_metric, scfg.latency_tie_margin).feasible:
-            break  # finalists come cheapest first: the first within budget is the cheapest one
+            break  # promising finalists come cheapest first: the first within budget is the cheapest
     choice = choose(finals, search.teacher_metric, budget, task.primary_metric, scfg.latency_tie_margin)
     (ctx.log.info if choice.feasible else ctx.log.warning)("search: %s", choice.message)
 

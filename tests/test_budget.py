@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import BertConfig
 
-from pipeline.budget import (
+from pipeline.config import BudgetConfig, DistillConfig, SearchSpace
+from stages._budget import (
     Trial,
     choose,
     cost,
@@ -15,7 +16,6 @@ from pipeline.budget import (
     pareto_front,
     within_budget,
 )
-from pipeline.config import BudgetConfig, DistillConfig, SearchSpace
 
 TEACHER = 0.82
 
@@ -103,13 +103,30 @@ def test_finalists_are_promising_proxies_cheapest_first():
                trial(2, 0.81, 0.7, speedup=3.5, phase="proxy"),
                trial(3, 0.83, 1.5, speedup=2.0, phase="over-limit")]
     order = finalist_order(proxies, TEACHER, budget, slack=0.02, tie_margin=0.0)
-    assert [t.number for t in order] == [2, 0]
+    assert [t.number for t in order] == [2, 0, 1]  # promising by cost, then the rest by metric
 
 
-def test_without_a_promising_proxy_the_best_one_is_the_finalist():
+def test_without_a_promising_proxy_the_best_ones_come_first():
     budget = BudgetConfig(max_metric_drop=0.005)
-    proxies = [trial(0, 0.70, 0.9, phase="proxy"), trial(1, 0.75, 0.5, phase="proxy")]
-    assert [t.number for t in finalist_order(proxies, TEACHER, budget, 0.02, 0.0)] == [1]
+    proxies = [trial(0, 0.70, 0.9, phase="proxy"), trial(1, 0.75, 0.5, phase="proxy"),
+               trial(2, 0.74, 0.4, phase="proxy")]
+    assert [t.number for t in finalist_order(proxies, TEACHER, budget, 0.02, 0.0)] == [1, 2, 0]
+
+
+def test_the_proxy_gap_is_learned_from_the_finals():
+    from dataclasses import replace
+
+    from stages._budget import proxy_gap
+
+    assert proxy_gap([], 0.02) == 0.02
+    finals = [replace(trial(0, 0.83, 1.0), extra={"proxy_metric": 0.78}),
+              replace(trial(1, 0.82, 1.0), extra={"proxy_metric": 0.79})]
+    assert proxy_gap(finals, 0.02) == pytest.approx(0.04)
+    # A wider gap lets a proxy 4 points under the line through (floor 0.815).
+    proxies = [trial(2, 0.78, 0.5, phase="proxy"), trial(3, 0.80, 0.9, phase="proxy")]
+    budget = BudgetConfig(max_metric_drop=0.005)
+    assert [t.number for t in finalist_order(proxies, TEACHER, budget, 0.02, 0.0)] == [3, 2]
+    assert [t.number for t in finalist_order(proxies, TEACHER, budget, 0.04, 0.0)] == [2, 3]
 
 
 def test_pareto_front():
@@ -160,3 +177,14 @@ def test_the_configured_student_is_a_point_of_the_default_space():
     ref = reference_params(cfg.distill, cfg.search.space, TEACHER_CONFIG)
     assert ref is not None and ref["layers"] == 3 and ref["max_tokens"] == 7000 and ref["max_steps"] == 1000
     assert reference_params(cfg.distill, SearchSpace(layers=[2]), TEACHER_CONFIG) is None
+
+
+def test_recipes_map_to_layer_loss_weights():
+    from stages.search import candidate_config
+
+    both = candidate_config(DistillConfig(), params(max_tokens=None, recipe="logits+hidden+attention"),
+                            TEACHER_CONFIG)
+    assert (both.intermediate.hidden_weight, both.intermediate.attention_weight) == (1.0, 1.0)
+    attention = candidate_config(DistillConfig(), params(max_tokens=None, recipe="logits+attention"),
+                                 TEACHER_CONFIG)
+    assert (attention.intermediate.hidden_weight, attention.intermediate.attention_weight) == (0.0, 1.0)

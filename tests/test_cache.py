@@ -105,7 +105,7 @@ def test_every_stage_hashes_its_own_file_and_the_helpers_it_uses() -> None:
         names = [p.name for p in spec.code_files]
         assert names[0] == f"{spec.name}.py"
         assert "_hf.py" in names  # every stage uses the shared HF helpers
-        assert ("_losses.py" in names) == (spec.name == "distill")
+        assert ("_losses.py" in names) == (spec.name in ("distill", "search"))  # search distills too
         assert all(p.is_file() for p in spec.code_files)
 
 
@@ -302,7 +302,8 @@ def test_plan_chained_invalidation(load_tiny) -> None:
     ("override", "expected"),
     [
         ("finetune.learning_rate=2.0e-3",
-         {"finetune", "baseline", "distill", "export", "quantize", "benchmark", "release"}),
+         {"finetune", "baseline", "search", "distill", "export", "quantize", "benchmark", "release"}),
+        ("search.proxy_trials=3", set()),  # the search is off in tiny.yaml: its settings are not keyed
         ("data.max_length=16", set(STAGE_NAMES)),
         ("project.seed=1", set(STAGE_NAMES)),
         ("export.opset=18", {"export", "quantize", "benchmark", "release"}),

@@ -179,7 +179,7 @@ def test_second_run_is_all_cache_hits_and_mlflow_records_both(tiny, first_status
 
 def test_changing_one_setting_reruns_that_stage_and_later_only(tiny, first_status):
     changed = status(tiny, "--set", "distill.temperature=4")
-    assert [s for s, r in changed.items() if r["status"] == "done"] == ["data", "finetune", "baseline"]
+    assert [s for s, r in changed.items() if r["status"] == "done"] == ["data", "finetune", "baseline", "search"]
     assert all(changed[s]["status"] == "stale" for s in ("distill", "export", "quantize", "benchmark", "release"))
     bertpress("run", "distill", "--set", "distill.temperature=4", root=tiny)
     after = status(tiny, "--set", "distill.temperature=4")
@@ -199,8 +199,8 @@ def stage_runs(root: Path) -> list:
 def test_force_reruns_only_the_named_stage(tiny, first_status):
     bertpress("run", "quantize", "--force", root=tiny)
     cached = {r.data.tags["stage"]: r.data.tags["cached"] for r in stage_runs(tiny)}
-    assert cached == {"data": "true", "finetune": "true", "distill": "true", "export": "true",
-                      "quantize": "false"}
+    assert cached == {"data": "true", "finetune": "true", "baseline": "true", "search": "true", "distill": "true",
+                      "export": "true", "quantize": "false"}
     after = status(tiny)
     assert after["quantize"]["key"] == first_status["quantize"]["key"]
     # The forced quantize wrote other files (its timings differ): what was built from the old ones

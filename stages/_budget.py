@@ -82,14 +82,22 @@ def by_cost(trials: list[Trial], objective: str, tie_margin: float) -> list[Tria
 
 def finalist_order(proxies: list[Trial], teacher_metric: float, budget: BudgetConfig, slack: float,
                    tie_margin: float) -> list[Trial]:
-    """Proxy trials worth a full-length run, cheapest first: within the hard limits and no more
-    than `slack` below the budget line (short runs under-estimate). With none, the best proxy."""
+    """Proxy trials worth a full-length run: those within the hard limits and no more than `slack`
+    below the budget line (short runs under-estimate), cheapest first; then the rest, best proxy
+    metric first (the likeliest to get there at full length)."""
     eligible = [t for t in proxies if t.metric is not None and not limit_violations(t, budget)]
     floor = metric_floor(teacher_metric, budget) - slack
     promising = [t for t in eligible if t.metric >= floor - EPS]
-    if promising:
-        return by_cost(promising, budget.objective, tie_margin)
-    return sorted(eligible, key=lambda t: (-t.metric, t.number))[:1]
+    rest = sorted((t for t in eligible if t not in promising), key=lambda t: (-t.metric, t.number))
+    return by_cost(promising, budget.objective, tie_margin) + rest
+
+
+def proxy_gap(finals: list[Trial], default: float) -> float:
+    """How much a full-length run gained over its proxy, measured on the finals so far (their
+    mean); `default` (search.proxy_slack) until one has finished."""
+    gains = [t.metric - t.extra["proxy_metric"] for t in finals
+             if t.metric is not None and t.extra.get("proxy_metric") is not None]
+    return max(0.0, sum(gains) / len(gains)) if gains else default
 
 
 @dataclass(frozen=True)
