@@ -312,7 +312,13 @@ class Search:
             return twin.metric, cost(twin, self.scfg.budget.objective)
         start = time.perf_counter()
         with self.ctx.tracker.child_run(f"trial-{trial.number}", params | {"phase": "proxy"}):
-            measured = self.measure(params, dcfg)
+            try:
+                measured = self.measure(params, dcfg)
+            except StageError as exc:  # e.g. a vocabulary budget below what share_rows must keep
+                trial.set_user_attr("record", {"number": trial.number, "phase": "invalid", "params": params,
+                                               "error": str(exc)[:300]})
+                self.ctx.log.info("trial %d cannot be built (%s): %s", trial.number, exc, params)
+                raise optuna.TrialPruned(str(exc)) from None
             record = Trial(trial.number, "proxy", params, measured["latency_ms"], measured["size_mb"],
                            measured["throughput"], measured["speedup"], measured["size_ratio"])
             broken = limit_violations(record, self.scfg.budget)
@@ -531,6 +537,8 @@ def run(ctx: StageContext) -> StageResult:
         "objective": budget.objective, "feasible": choice.feasible, "message": choice.message,
         "chosen": chosen, "trials": [as_json(t) for t in everything],
         "pareto_front": [[t.phase, t.number] for t in front],
+        "invalid": [t.user_attrs["record"] for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("record", {}).get("phase") == "invalid"],
         "resumed_with_trials": resumed, "wall_s": wall, "full_run_estimate_s": estimate, "cpu_budget_s": scfg.cpu_budget * estimate,
         "space": scfg.space.model_dump(mode="json"),
     }

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from conftest import CLI, REPO_ROOT, cli_status, run_cli
 
 SEARCH = ("--set", "search.enabled=true", "--set", "search.space.layers=[1,2]",
-          "--set", "search.space.intermediate_size=[32,64]", "--set", "search.space.max_tokens=[null,200]",
+          "--set", "search.space.intermediate_size=[32,64]", "--set", "search.space.max_tokens=[null,200,20]",
           "--set", "search.space.share_rows=[false,true]", "--set", "search.proxy_trials=4",
           "--set", "search.finalists=2", "--set", "search.proxy_fraction=0.5", "--set", "search.cpu_budget=100",
           "--set", "search.timing_rounds=2", "--set", "search.timing_iterations=5")
@@ -67,6 +67,9 @@ def test_resumed_search_kept_the_trials_finished_before_the_kill(searched):
     proxies = [t for t in result["trials"] if t["phase"] in ("proxy", "over-limit")]
     assert len(proxies) == 4
     assert len({json.dumps(t["params"], sort_keys=True) for t in proxies}) == 4  # no student tried twice
+    # A vocabulary of 20 rows cannot hold the characters: such a student is skipped, not fatal.
+    for bad in result["invalid"]:
+        assert bad["params"]["max_tokens"] == 20 and "max_tokens=20" in bad["error"] or "same as trial" in bad["error"]
 
 
 def test_search_report_lists_every_trial_with_costs_and_a_verdict(searched):
