@@ -373,7 +373,8 @@ class SearchConfig(_Section):
     cpu_budget: float = Field(
         3.0, gt=0, description="Wall time allowed, in multiples of one full distillation of the "
         "configured student (estimated from the first proxy run).")
-    proxy_trials: int = Field(8, ge=1, description="At most this many short (proxy) runs.")
+    proxy_trials: int = Field(8, ge=1, description="At most this many short (proxy) runs; students over "
+                              "a hard limit are not trained and not counted.")
     proxy_fraction: float = Field(0.25, gt=0, le=1, description="Proxy length / full length.")
     proxy_slack: float = Field(
         0.02, ge=0, lt=1, description="A proxy may trail the budget line by this much and still "

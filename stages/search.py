@@ -473,17 +473,17 @@ def run(ctx: StageContext) -> StageResult:
 
     with tqdm(total=scfg.proxy_trials, desc="search: proxy trials", unit="trial") as bar:
         while True:
-            records = recorded(study)
-            bar.n = len(records)
+            trained = [t for t in recorded(study) if t.phase == "proxy"]  # over-limit ones cost no training
+            bar.n = len(trained)
             bar.refresh()
             estimate = full_run_estimate()
-            if len(records) >= scfg.proxy_trials:
+            if len(trained) >= scfg.proxy_trials:
                 break
             if estimate is not None and spent() + estimate > scfg.cpu_budget * estimate:
-                ctx.log.info("search: CPU budget reached after %d proxy trials (%.0f s spent, one full run "
-                             "~%.0f s kept for the finals)", len(records), spent(), estimate)
+                ctx.log.info("search: CPU budget reached after %d proxy runs (%.0f s spent, one full run "
+                             "~%.0f s kept for the finals)", len(trained), spent(), estimate)
                 break
-            if len(study.trials) >= 4 * scfg.proxy_trials:  # invalid combinations only: stop
+            if len(study.trials) >= 4 * scfg.proxy_trials:  # mostly refused or over-limit proposals: stop
                 break
             study.optimize(search.proxy, n_trials=1, catch=())
             save_spent()
