@@ -61,7 +61,7 @@ from stages._train import configure_torch, evaluate, save_model
 from stages._vocab import share_rows, shared_row_plan
 from stages.distill import build_trainer, domain_texts, make_student, prepare_distillation
 from stages.tasks import get_task
-from stages.tasks.base import Task, predict_rows
+from stages.tasks.base import Task
 
 RESULT_FILE = "search.json"
 
@@ -206,12 +206,6 @@ def timed_cost(candidate: Path, tokenizer, stock: Path, stock_tokenizer, texts: 
     return {"latency_ms": latency, "stock_latency_ms": stock_latency, "speedup": stock_latency / latency,
             "throughput": 32 / (batch_ms / 1000), "size_mb": file_mb(candidate),
             "size_ratio": file_mb(candidate) / file_mb(stock), "rounds_ms": rounds["candidate"]}
-
-
-def onnx_metric(path: Path, features, tokenizer, task: Task, ctx: StageContext) -> float:
-    session = make_session(path, ctx.cfg.runtime)
-    rows = predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0], features, tokenizer)
-    return task.metrics(rows, features)[task.primary_metric]
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -360,7 +354,11 @@ class Search:
                 share_rows(shipped, *shared)
             path = int8_graph(shipped, tok, self.ctx.scratch / "final-graph", self.task, self.cfg.export.opset, shared)
             features = self.task.features(self.raw["validation"], tok)
-            int8 = onnx_metric(path, features, tok, self.task, self.ctx)
+            from stages.quantize import (
+                score,  # the quantize stage's validation scoring of an ONNX file
+            )
+
+            int8 = score(path, features, tok, self.ctx, self.task)[self.task.primary_metric]
             model.set_attn_implementation("sdpa")
             save_model(model, tok, self.finals_dir / str(proxy.number) / "model")
             record = replace(proxy, phase="final", metric=int8, seconds=time.perf_counter() - start,
