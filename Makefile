@@ -64,10 +64,10 @@ mlflow-server: setup
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
 	  --artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts --host 127.0.0.1 --port $(PORT)
 
-# The production install: onnxruntime + tokenizers + numpy (+ fastapi/uvicorn, MLflow client), no torch.
+# The production install: onnxruntime + tokenizers + numpy (+ fastapi/uvicorn, MLflow client, FAISS), no torch.
 runtime-venv:
 	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt ".[cpu,serve,registry]"
+	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt ".[cpu,serve,registry,index]"
 	@! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "torch leaked into $(RUNTIME_VENV)"; exit 1)
 	@du -sh $(RUNTIME_VENV)
 

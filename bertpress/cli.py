@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bertpress.errors import BertpressError, InputError
 
-RUNTIME_COMMANDS = ("predict", "embed", "serve")
+RUNTIME_COMMANDS = ("predict", "embed", "index", "search", "serve")
 # What only the training install has: a pipeline command run without it names the extras to add.
 TRAINING_MODULES = {"torch", "transformers", "datasets", "mlflow", "optimum", "optuna", "onnx", "accelerate",
                     "seqeval", "matplotlib"}
@@ -128,6 +128,80 @@ def embed(
             out.write(json.dumps({"text": text, "kind": kind, "embedding": vector.tolist()}) + "\n")
 
 
+def index(
+    source: SourceArg,
+    out: Annotated[Path, typer.Option("--out", help="Index directory: created, or added to when it holds one.")],
+    input_file: InputOpt = None,
+    text_column: ColumnOpt = "text",
+    id_column: Annotated[str, typer.Option(help="Document id field/column (missing: FILE-STEM:ROW).")] = "id",
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed the documents the index holds with "
+                                          "this bundle (after a new release); --input then adds more.")] = False,
+    hnsw: Annotated[bool, typer.Option("--hnsw", help="Approximate HNSW graph instead of the exact inner "
+                                       "product (for millions of documents).")] = False,
+    batch_size: BatchOpt = 64,
+    threads: ThreadsOpt = 0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Embed a corpus (.jsonl/.csv/.tsv/.txt) with a bundle into a FAISS index that stores ids,
+    texts and metadata beside the vectors; run again with more documents to add them."""
+    from bertpress import index as vindex
+
+    exists = (out / vindex.META_FILE).is_file()
+    if not exists and out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists and is not a bertpress index: choose a new --out directory")
+    if input_file is None and not rebuild:
+        raise InputError("nothing to index: give --input CORPUS (.jsonl, .csv, .tsv or .txt), or "
+                         "--rebuild to re-embed an existing index's documents")
+    documents = vindex.read_documents(input_file, text_column, id_column) if input_file else []
+    model = open_model(source, threads, tracking_uri)
+    if rebuild:
+        if not exists:
+            raise InputError(f"--rebuild needs an existing index at {out}")
+        built, seconds = vindex.rebuild(model, out, batch_size, kind="hnsw" if hnsw else None)
+        err_console.print(f"re-embedded {len(built)} documents with {model.path} in {seconds:.1f} s")
+    elif exists:
+        built = vindex.VectorIndex.open(out)
+        if hnsw and built.meta["kind"] != "hnsw":
+            raise InputError(f"{out} is an exact index; --hnsw applies when it is built: add --rebuild")
+    else:
+        built, seconds = vindex.build(model, documents, out, "hnsw" if hnsw else "exact", batch_size)
+        err_console.print(f"indexed {len(built)} documents in {seconds:.1f} s -> {out} "
+                          f"({built.meta['kind']}, {built.meta['dim']}-d)")
+        return
+    if documents:
+        seconds = built.add(model, documents, batch_size)
+        built.save()
+        err_console.print(f"added {len(documents)} documents in {seconds:.1f} s -> {out} ({len(built)} in all)")
+    elif rebuild:
+        built.save()
+
+
+def search(
+    index_dir: Annotated[Path, typer.Argument(help="An index made by `bertpress index`.")],
+    queries: TextsArg = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Hits per query.")] = 10,
+    bundle: Annotated[str | None, typer.Option(help="The bundle that embeds queries (default: the one "
+                                               "that built the index, where it was).")] = None,
+    input_file: InputOpt = None,
+    text_column: ColumnOpt = "text",
+    output: OutputOpt = None,
+    threads: ThreadsOpt = 0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Top-k documents of an index for each query: one JSONL line per query with its hits
+    (rank, id, score = cosine, text, metadata)."""
+    from bertpress.index import VectorIndex
+    from bertpress.textio import read_texts
+
+    found = VectorIndex.open(index_dir)
+    items = read_texts(queries or [], input_file, text_column)
+    model = open_model(bundle or found.meta["bundle"]["path"], threads, tracking_uri)
+    hits = found.search(model, items, k)
+    with _output(output) as out:
+        for query, row in zip(items, hits, strict=True):
+            out.write(json.dumps({"query": query, "hits": row}, ensure_ascii=False) + "\n")
+
+
 def serve(
     source: SourceArg,
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
@@ -135,22 +209,31 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Most inputs per request.")] = 64,
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted.")] = 10_000,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1_000_000,
+    index_dir: Annotated[Path | None, typer.Option("--index", help="Also answer POST /search from this "
+                                                   "index (built with this bundle).")] = None,
     threads: ThreadsOpt = 0,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Serve a released model over HTTP: /predict, /embed, /health, /metadata."""
+    """Serve a released model over HTTP: /predict, /embed, /health, /metadata, and /search with --index."""
     from bertpress.serve import Limits
     from bertpress.serve import serve as run_server
 
     model = open_model(source, threads, tracking_uri)
+    found = None
+    if index_dir is not None:
+        from bertpress.index import VectorIndex
+
+        found = VectorIndex.open(index_dir)
+        found.check_bundle(model)
     version = model.path.parent.name.removeprefix("v") if source.startswith("models:/") else None
-    err_console.print(f"serving {model.path} ({model.task}) on http://{host}:{port} (POST /predict, /embed)")
-    run_server(model, host, port, Limits(max_batch, max_text_chars, max_body_bytes), version)
+    routes = "/predict, /embed" + (", /search" if found else "")
+    err_console.print(f"serving {model.path} ({model.task}) on http://{host}:{port} (POST {routes})")
+    run_server(model, host, port, Limits(max_batch, max_text_chars, max_body_bytes), version, found)
 
 
 def register(app: typer.Typer) -> typer.Typer:
     """Add the runtime commands to `app` (the runtime's own, or the pipeline's full one)."""
-    for command in (predict, embed, serve):
+    for command in (predict, embed, index, search, serve):
         app.command()(command)
     return app
 

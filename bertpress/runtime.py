@@ -217,6 +217,28 @@ class Model:
             return l2_normalize(stacked) if normalize else stacked
         return [l2_normalize(r) for r in results] if normalize else results
 
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """One L2-normalized float32 vector per text, the bundle's sentence embedding (dot product =
+        cosine). A sentence-embedding bundle computes it inside its ONNX graph (pooling and
+        normalisation included; its `sentence_embedding` metadata names the output); any other
+        bundle gives the attention-masked mean of its last layer (sentence-transformers' mean pooling)."""
+        spec = self.metadata.get("sentence_embedding")
+        if not spec:
+            return self.embed(texts, kind="mean", batch_size=batch_size, normalize=True).astype(np.float32)
+        name = spec["output"]
+        rows: list[Any] = [None] * len(texts)
+        for idx, out, _ in self.run(texts, [name], batch_size):
+            for row, i in enumerate(idx):
+                rows[i] = out[name][row]
+        vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+        return vectors if spec.get("normalized") else l2_normalize(vectors)
+
+    @property
+    def embedding_name(self) -> str:
+        """What `encode` returns, recorded by anything that must not mix embeddings (an index)."""
+        spec = self.metadata.get("sentence_embedding")
+        return f"output {spec['output']!r} of the graph" if spec else "mean of the last layer, L2-normalized"
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))

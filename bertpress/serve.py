@@ -8,6 +8,8 @@
                      "aggregation": none|simple|first|average|max)
     POST /embed      {"texts": [...], "kind": "mean"|"pooled"|"sequence"|"hidden_states",
                       "normalize": false} -> embeddings
+    POST /search     (with --index) {"query": "..."} or {"queries": [...]}, "k": 10 -> per query its
+                     hits {rank, id, score, text, metadata}, best first
 
 Bad requests get a 4xx with a message in "detail": 413 for a body or batch over the limits, 422 for
 a malformed body, 400 for an embedding kind this bundle's model does not export.
@@ -77,12 +79,26 @@ class PredictRequest(BaseModel):
         return [(t, p) for t, p in zip(texts, pairs, strict=True)] if pairs is not None else texts
 
 
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str | None = None
+    queries: list[str] | None = None
+    k: int = Field(10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.query is None) == (self.queries is None):
+            raise ValueError('give exactly one of "query" (a string) or "queries" (a list of strings)')
+        return self
+
+
 class EmbedRequest(_Request):
     kind: Literal["mean", "pooled", "sequence", "hidden_states"] = "mean"
     normalize: bool = Field(False, description="L2-normalize each vector.")
 
 
-def create_app(model: Model, limits: Limits = Limits(), version: str | None = None) -> FastAPI:
+def create_app(model: Model, limits: Limits = Limits(), version: str | None = None, index=None) -> FastAPI:
+    """The app; `index` (a bertpress.index.VectorIndex built with `model`) adds POST /search."""
     app = FastAPI(title=f"bertpress: {model.metadata.get('name', 'model')}", version=version or "0")
 
     @app.middleware("http")
@@ -119,7 +135,8 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
         keys = ("name", "task", "labels", "max_length", "truncation", "outputs", "variant",
                 "architecture", "metrics", "provenance", "text_pair", "aggregation", "stride")
         return {k: model.metadata.get(k) for k in keys} | {
-            "version": version, "limits": asdict(limits), "providers": model.session.get_providers()}
+            "version": version, "limits": asdict(limits), "providers": model.session.get_providers(),
+            "index": index and {"documents": len(index), "kind": index.meta["kind"], "dim": index.meta["dim"]}}
 
     @app.post("/predict")
     def predict(body: PredictRequest) -> dict[str, Any]:
@@ -140,6 +157,14 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
             raise HTTPException(400, str(exc)) from None
         return {"kind": body.kind, "embeddings": [v.tolist() for v in vectors]}
 
+    @app.post("/search")
+    def search(body: SearchRequest) -> dict[str, Any]:
+        if index is None:
+            raise HTTPException(404, "this server has no index: start it with --index DIR "
+                                     "(made by `bertpress index`)")
+        queries = checked([body.query] if body.query is not None else list(body.queries or []))
+        return {"k": body.k, "results": index.search(model, queries, body.k)}
+
     return app
 
 
@@ -150,7 +175,7 @@ def _too_large(size: int, limits: Limits) -> JSONResponse:
 
 
 def serve(model: Model, host: str, port: int, limits: Limits, version: str | None = None,
-          log_level: str = "info") -> None:
+          index=None, log_level: str = "info") -> None:
     import uvicorn
 
-    uvicorn.run(create_app(model, limits, version), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(model, limits, version, index), host=host, port=port, log_level=log_level)

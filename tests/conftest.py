@@ -120,6 +120,47 @@ def tiny_ner_bundle(tiny_ner_run) -> Path:
     return Path(cli_status(tiny_ner_run, config=TINY_NER)["release"]["path"]) / "bundle"
 
 
+# -- hand-made bundles ----------------------------------------------------------------------------
+def write_bundle(target: Path, onnx_path: Path, tokenizer_json: Path, outputs: list[str],
+                 labels=("neg", "pos"), max_length: int = 24, name: str = "t") -> Path:
+    """A bundle directory around an exported graph (what the release stage writes, minus the card)."""
+    import shutil
+
+    from bertpress import bundle as bundle_format
+
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(onnx_path, target / bundle_format.MODEL_FILE)
+    shutil.copy2(tokenizer_json, target / bundle_format.TOKENIZER_FILE)
+    (target / bundle_format.METADATA_FILE).write_text(json.dumps({
+        "format": bundle_format.FORMAT, "name": name, "labels": list(labels), "max_length": max_length,
+        "outputs": ["logits", *outputs]}))
+    bundle_format.write_checksums(target)
+    return target
+
+
+EMBEDDING_CORPUS = ["a wonderful moving film with great acting", "a dull thin plot", "the music is great",
+                    "the acting is wonderful", "boring and dull film"] * 4
+
+
+def embedding_bundle(root: Path, seed: int, name: str = "t") -> Path:
+    """A tiny random BERT classifier exported with its mean-poolable sequence output (seconds)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from stages._hf import train_wordpiece_tokenizer
+    from stages._multi_output import export_with_embeddings
+
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_wordpiece_tokenizer(EMBEDDING_CORPUS, vocab_size=120)
+    tokenizer.save_pretrained(root / "tok")
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=2, max_position_embeddings=64)).eval()
+    onnx_path = export_with_embeddings(model, root / "model.onnx", ["sequence"], opset=17)
+    return write_bundle(root / "bundle", onnx_path, root / "tok" / "tokenizer.json", ["sequence"], name=name)
+
+
 # -- servers started by tests ------------------------------------------------------------------
 def free_port() -> int:
     import socket

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,6 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from bertpress import bundle as bundle_format
 from bertpress.embeddings import mean_pool
 from bertpress.runtime import Model
+from conftest import write_bundle
 from stages._hf import train_wordpiece_tokenizer
 from stages._multi_output import embed as pytorch_embed
 from stages._multi_output import export_with_embeddings
@@ -24,18 +24,6 @@ TEXTS = ["a wonderful, moving film", "dull", "the plot is thin but the acting is
          "", "unexpected words like zyxq appear here"]
 CORPUS = ["a wonderful moving film with great acting", "a dull thin plot", "the music is great",
           "the acting is wonderful", "boring and dull film"] * 4
-
-
-def write_bundle(target: Path, onnx_path: Path, tokenizer_json: Path, outputs: list[str],
-                 labels=("neg", "pos"), max_length: int = 24) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(onnx_path, target / bundle_format.MODEL_FILE)
-    shutil.copy2(tokenizer_json, target / bundle_format.TOKENIZER_FILE)
-    (target / bundle_format.METADATA_FILE).write_text(json.dumps({
-        "format": bundle_format.FORMAT, "name": "t", "labels": list(labels), "max_length": max_length,
-        "outputs": ["logits", *outputs]}))
-    bundle_format.write_checksums(target)
-    return target
 
 
 @pytest.fixture(scope="module")

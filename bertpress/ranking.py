@@ -1,0 +1,91 @@
+"""Similarity and retrieval metrics on numpy, torch-free (the runtime's `search` and the benchmark
+share them).
+
+Retrieval metrics take, per query, the ranked document ids a system returned and the query's
+relevance judgments ({doc id: gain}; a set means gain 1 for each). They follow the definitions of
+the IR literature and of sentence-transformers' InformationRetrievalEvaluator / BEIR:
+- MRR@k: 1 / rank of the first relevant document in the top k (0 if none);
+- nDCG@k: sum over the top k of gain / log2(rank + 1), divided by the same sum for the ideal order;
+- Recall@k: relevant documents in the top k / all relevant documents.
+Queries without any relevant document are skipped (they have no defined recall or nDCG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+Judgments = Mapping[Hashable, float] | set | frozenset
+
+
+def _gains(relevant: Judgments) -> dict[Hashable, float]:
+    if isinstance(relevant, Mapping):
+        return {doc: float(g) for doc, g in relevant.items() if g > 0}
+    return {doc: 1.0 for doc in relevant}
+
+
+def mrr_at_k(ranked: Sequence[Hashable], relevant: Judgments, k: int) -> float:
+    gains = _gains(relevant)
+    for rank, doc in enumerate(ranked[:k], 1):
+        if doc in gains:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at_k(ranked: Sequence[Hashable], relevant: Judgments, k: int) -> float:
+    gains = _gains(relevant)
+    if not gains:
+        return 0.0
+    dcg = sum(gains.get(doc, 0.0) / np.log2(rank + 1) for rank, doc in enumerate(ranked[:k], 1))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    idcg = sum(g / np.log2(rank + 1) for rank, g in enumerate(ideal, 1))
+    return float(dcg / idcg)
+
+
+def recall_at_k(ranked: Sequence[Hashable], relevant: Judgments, k: int) -> float:
+    gains = _gains(relevant)
+    if not gains:
+        return 0.0
+    return len(set(ranked[:k]) & gains.keys()) / len(gains)
+
+
+def retrieval_metrics(rankings: Iterable[Sequence[Hashable]], judgments: Iterable[Judgments],
+                      recall_ks: Sequence[int] = (1, 10, 100), k: int = 10) -> dict[str, float]:
+    """Mean nDCG@k, MRR@k and Recall@(each of recall_ks) over the queries with a relevant document."""
+    rows = [(list(r), j) for r, j in zip(rankings, judgments, strict=True) if _gains(j)]
+    if not rows:
+        raise ValueError("no query has a relevant document: nothing to score")
+    out = {f"ndcg@{k}": float(np.mean([ndcg_at_k(r, j, k) for r, j in rows])),
+           f"mrr@{k}": float(np.mean([mrr_at_k(r, j, k) for r, j in rows]))}
+    for n in recall_ks:
+        out[f"recall@{n}"] = float(np.mean([recall_at_k(r, j, n) for r, j in rows]))
+    out["queries"] = float(len(rows))
+    return out
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (the Pearson correlation of average ranks)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"spearman needs two equal-length sequences of >= 2 values, got {x.shape} and {y.shape}")
+    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denominator) if denominator else 0.0
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of shared ids between the rows of two [queries, >=k] id arrays' first k."""
+    a, b = np.asarray(a)[:, :k], np.asarray(b)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
