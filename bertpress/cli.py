@@ -76,6 +76,8 @@ def predict(
     if fmt not in ("jsonl", "csv"):
         raise InputError(f"--format {fmt!r}: use jsonl or csv")
     model = open_model(source, threads, tracking_uri)
+    if fmt == "csv" and model.task == "sentence-embedding":
+        raise InputError("--format csv has no room for vectors: use --format jsonl (or Model.encode in Python)")
     if pair_column is None and not pair and model.metadata.get("text_pair"):
         pair_column = "text_pair"
     items = read_inputs(texts or [], input_file, text_column, pairs=pair, pair_column=pair_column,

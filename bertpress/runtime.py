@@ -193,6 +193,9 @@ class Model:
         if kind not in EMBEDDING_KINDS:
             raise InputError(f"unknown embedding kind {kind!r}; choose one of {sorted(EMBEDDING_KINDS)}")
         needed = EMBEDDING_KINDS[kind]
+        if needed not in self.outputs and self.metadata.get("sentence_embedding"):
+            raise BundleError(f"this is a sentence-embedding bundle: its output is the sentence embedding "
+                              f"itself (no {kind!r} output); use Model.encode / `bertpress predict`")
         if needed not in self.outputs:
             raise BundleError(
                 f"this bundle's model has outputs {self.outputs}, and {kind!r} embeddings need "

@@ -54,6 +54,21 @@ class TokenClassificationTask(_Section):
         "(Hugging Face's aggregation strategies; `bertpress predict --aggregation` overrides).")
 
 
+class SentenceEmbeddingTask(_Section):
+    """Sentence vectors for similarity and retrieval: a sentence-transformers teacher (its pooling
+    and normalisation) distilled into a smaller encoder by embedding MSE; the exported graph returns
+    the finished embedding."""
+
+    type: Literal["sentence-embedding"]
+    evaluation: Literal["labels"] = Field(
+        "labels", description="How the data judges embeddings. labels: retrieval by label on the data's "
+        "own labelled texts (a text's relevant documents are the other texts of its label).")
+    k: int = Field(10, ge=1, le=100, description="Cut-off of the ranking metrics (nDCG@k primary, MRR@k, P@k).")
+    pooling: Literal["mean", "cls"] | None = Field(
+        None, description="null: the teacher's (its sentence-transformers modules; mean for a plain BERT).")
+    normalize: bool | None = Field(None, description="L2-normalise the embedding; null: the teacher's.")
+
+
 def _task_type(value: Any) -> str:
     """The task's type; a task section without one is sequence classification (the default)."""
     if isinstance(value, dict):
@@ -63,10 +78,11 @@ def _task_type(value: Any) -> str:
 
 TaskConfig = Annotated[
     Annotated[SequenceClassificationTask, Tag("sequence-classification")]
-    | Annotated[TokenClassificationTask, Tag("token-classification")],
+    | Annotated[TokenClassificationTask, Tag("token-classification")]
+    | Annotated[SentenceEmbeddingTask, Tag("sentence-embedding")],
     Discriminator(_task_type),
 ]
-TASK_TYPES = ("sequence-classification", "token-classification")
+TASK_TYPES = ("sequence-classification", "token-classification", "sentence-embedding")
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio")
 
 
@@ -666,9 +682,12 @@ class PipelineConfig(_Section):
         """What the chosen task needs from the other sections, named by key."""
         data, tokens = self.data, self.task.type == "token-classification"
         if data.source == "builtin" and (data.builtin == "wnut16") != tokens:
-            kind = "token-classification" if data.builtin == "wnut16" else "sequence-classification"
-            raise ValueError(f"data.builtin={data.builtin} is a {kind} dataset but task.type is "
-                             f"{self.task.type}; set task.type: {kind} or pick another data.builtin")
+            kind, fix = (("a token-classification", "token-classification") if data.builtin == "wnut16"
+                         else ("a labelled-text", "sequence-classification or sentence-embedding"))
+            raise ValueError(f"data.builtin={data.builtin} is {kind} dataset but task.type is "
+                             f"{self.task.type}; set task.type: {fix} or pick another data.builtin")
+        if self.task.type == "sentence-embedding":
+            self._sentence_embedding_needs()
         if not tokens:
             return
         conll = (data.source == "files" and data.files is not None
@@ -691,6 +710,18 @@ class PipelineConfig(_Section):
         if self.distill.augment.enabled:
             raise ValueError("distill.augment rewrites texts, which would break the word-level tag "
                              "alignment of token classification; set distill.augment.enabled: false")
+
+
+    def _sentence_embedding_needs(self) -> None:
+        if self.data.text_pair_column:
+            raise ValueError("data.text_pair_column: sentence-embedding reads one text per row "
+                             "(task.evaluation: labels); remove it")
+        if self.search.enabled:
+            raise ValueError("search.enabled: the student search covers classification tasks so far; "
+                             "set search.enabled: false and choose the student in distill.student")
+        if "pooled" in self.export.embedding_outputs:
+            raise ValueError("export.embedding_outputs: 'pooled' needs the [CLS] pooler, which a "
+                             "sentence-embedding model does not have (its output is the embedding)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,11 @@ _VERSIONED_PREFIXES = ("stages.", "bertpress.")
 # One module per task (training side); a stage's code version includes the configured one only,
 # so editing the entity-recognition task does not invalidate cached classification models.
 TASK_MODULES = {"sequence-classification": "sequence_classification",
-                "token-classification": "token_classification"}
+                "token-classification": "token_classification",
+                "sentence-embedding": "sentence_embedding"}
+# Training-side task modules another task reuses (sentence embeddings read labelled texts as
+# classification does): part of that task's version too.
+TASK_REUSES = {"sentence-embedding": ("sequence_classification",)}
 
 
 def _module_file(module: str) -> Path:
@@ -75,10 +79,11 @@ def code_files(stage: str) -> tuple[Path, ...]:
 
 
 def task_code_files(task_type: str) -> tuple[Path, ...]:
-    """The configured task's modules (training side and runtime head) and the helpers they
-    import: part of every stage's version."""
+    """The configured task's modules (training side and runtime head), the helpers they import,
+    and the task modules it reuses (TASK_REUSES): part of every stage's version."""
     module = TASK_MODULES[task_type]
-    training = _closure(STAGES_DIR / "tasks" / f"{module}.py", include_tasks=False)
+    training = tuple(path for name in (module, *TASK_REUSES.get(task_type, ()))
+                     for path in _closure(STAGES_DIR / "tasks" / f"{name}.py", include_tasks=False))
     runtime = _closure(REPO_DIR / "bertpress" / "tasks" / f"{module}.py", include_tasks=False)
     return tuple(dict.fromkeys((*training, *runtime)))
 

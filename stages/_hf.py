@@ -213,3 +213,10 @@ def dir_size_mb(path: Path) -> float:
     path = Path(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, float]:
+    """Weights (safetensors), config and tokenizer where the next stage loads them from."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"model/params_m": count_parameters(model) / 1e6, "model/size_mb": dir_size_mb(out / "model.safetensors")}

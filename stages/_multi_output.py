@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from bertpress.embeddings import EMBEDDING_OUTPUTS, mean_pool
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def classifier_head(model: nn.Module, encoded) -> torch.Tensor:
+def classifier_head(model: nn.Module, encoded, attention_mask=None) -> torch.Tensor:
     """A *ForSequenceClassification's head: [CLS] through the pooler, dropout, dense."""
     return model.classifier(model.dropout(encoded.pooler_output))
 
@@ -33,14 +32,15 @@ def classifier_head(model: nn.Module, encoded) -> torch.Tensor:
 class ModelWithEmbeddings(nn.Module):
     """A BERT with a task head whose forward returns logits plus the requested embeddings.
 
-    `head(model, encoded)` computes the logits from the encoder output (the task's head).
+    `head(model, encoded, attention_mask)` computes the logits from the encoder output (the task's
+    head; pooling heads need the mask).
     Output order: logits, then `outputs` in EMBEDDING_OUTPUTS order. `hidden_states` is stacked
     layer-first, [num_layers + 1, batch, seq, hidden] (index 0 = the embedding layer, as in
     transformers' tuple), so hidden_states[-1] is the sequence output.
     """
 
     def __init__(self, model: nn.Module, outputs: Sequence[str],
-                 head: Callable[[nn.Module, Any], torch.Tensor] = classifier_head):
+                 head: Callable[..., torch.Tensor] = classifier_head):
         super().__init__()
         unknown = set(outputs) - set(EMBEDDING_OUTPUTS)
         if unknown:
@@ -54,7 +54,7 @@ class ModelWithEmbeddings(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             output_hidden_states="hidden_states" in self.outputs, return_dict=True,
         )
-        logits = self.head(self.model, encoded)
+        logits = self.head(self.model, encoded, attention_mask)
         tensors = {"pooled": encoded.pooler_output, "sequence": encoded.last_hidden_state}
         if "hidden_states" in self.outputs:
             tensors["hidden_states"] = torch.stack(encoded.hidden_states)
@@ -62,7 +62,7 @@ class ModelWithEmbeddings(nn.Module):
 
 
 def export_with_embeddings(model: nn.Module, path: Path, outputs: Sequence[str], opset: int,
-                           head: Callable[[nn.Module, Any], torch.Tensor] = classifier_head,
+                           head: Callable[..., torch.Tensor] = classifier_head,
                            per_token_logits: bool = False) -> Path:
     """Export the model with logits + embedding outputs, batch and sequence axes dynamic."""
     wrapper = ModelWithEmbeddings(model.eval(), outputs, head).eval()

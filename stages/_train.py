@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -17,7 +15,6 @@ from transformers import (
 
 from pipeline.config import RuntimeConfig, TrainConfig
 from pipeline.tracking import Tracker
-from stages._hf import count_parameters, dir_size_mb
 from stages.tasks.base import Task, rows_from_padded
 
 log = logging.getLogger("bertpress.train")
@@ -144,9 +141,3 @@ def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:
     if isinstance(predictions, tuple):
         predictions = predictions[0]
     return task.metrics(rows_from_padded(predictions, [len(i) for i in features["input_ids"]]), features)
-
-
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> dict[str, float]:
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return {"model/params_m": count_parameters(model) / 1e6, "model/size_mb": dir_size_mb(out / "model.safetensors")}

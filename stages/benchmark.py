@@ -63,13 +63,18 @@ def pytorch_variant(name: str, model_dir: Path, task: Task, threads: int | None 
 
 
 def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path | None = None,
-                 threads: int | None = None, io_binding: bool = False) -> Variant:
+                 threads: int | None = None, io_binding: bool = False,
+                 stock_of: tuple[Task, Path] | None = None) -> Variant:
+    """An ONNX graph of ours (output "logits"), or with `stock_of` (task, teacher dir) Optimum's
+    stock export, whose outputs the task turns into its own."""
     session = make_session(path, ctx.cfg.runtime, threads=threads)
 
     def run(batch: Batch) -> np.ndarray:
         return session.run(["logits"], session_feed(session, batch))[0]
 
     predict = io_bound(session) if io_binding else run
+    if stock_of is not None:
+        predict = stock_of[0].stock_predictor(session, stock_of[1])
 
     provider = session.get_providers()[0].replace("ExecutionProvider", "")
     return Variant(name, f"onnxruntime-{provider.lower()}", path, file_mb(path), predict,
@@ -87,7 +92,8 @@ def fixed_length_batch(tokenizer, texts: list, length: int) -> Batch:
 def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
-    result: dict[str, object] = task.metrics(predict_rows(variant.predict, features, tokenizer), features)
+    rows = predict_rows(variant.predict, features, tokenizer)
+    result: dict[str, object] = task.metrics(rows, features) | {"_rows": rows}
     result |= {"runtime": variant.runtime, "size_mb": variant.size_mb, "path": str(variant.path)}
     max_length = task.cfg.data.max_length
 
@@ -242,7 +248,7 @@ def run(ctx: StageContext) -> StageResult:
         "teacher-pytorch": lambda t: pytorch_variant("teacher-pytorch", teacher_dir, task, t),
         "teacher-onnx": lambda t: onnx_variant("teacher-onnx", ctx.path("teacher_best"), ctx, threads=t),
         "teacher-stock-int8": lambda t: onnx_variant(
-            "teacher-stock-int8", ctx.path("stock_int8"), ctx, teacher_dir, t),
+            "teacher-stock-int8", ctx.path("stock_int8"), ctx, teacher_dir, t, stock_of=(task, teacher_dir)),
         "student-pytorch": lambda t: pytorch_variant("student-pytorch", ctx.path("student_model"), task, t),
         "student-onnx": lambda t: onnx_variant("student-onnx", ctx.path("student_best"), ctx, threads=t),
         "student-int8": lambda t: onnx_variant("student-int8", ctx.path("student_int8"), ctx, threads=t),
@@ -261,6 +267,12 @@ def run(ctx: StageContext) -> StageResult:
         results[name] = measure(variant, test, texts, bcfg, task, ctx.log)
         results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
         del variant
+    rows = {name: r.pop("_rows") for name, r in results.items()}
+    reference = "teacher-pytorch" if "teacher-pytorch" in rows else "teacher-onnx"
+    agreement = {name: task.compare_rows(rows[reference], r) for name, r in rows.items()}
+    for name, compared in agreement.items():
+        if compared:
+            results[name]["agreement_with_teacher"] = compared
     sweeps: dict[str, dict] = {}
     if bcfg.sweep.enabled:
         for name in bcfg.sweep.variants:
@@ -282,7 +294,8 @@ def run(ctx: StageContext) -> StageResult:
               f"({report['threads']} threads, AVX512-VNNI: {report['cpu']['avx512_vnni']}).\n\n")
     isa = ", ".join(f"{k}: {v}" for k, v in report["cpu"].items() if k not in ("model", "cores"))
     pareto = f"\nPareto front ({labels[metric]} vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
-    extra = f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
+    extra = agreement_markdown(results, reference)
+    extra += f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
     search = ctx.read_json("search_result")
     outputs = {}
     if search.get("enabled"):
@@ -305,6 +318,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics[f"bench/{name}/latency_p50_ms"] = r["latency_real"]["p50_ms"]
         metrics[f"bench/{name}/latency_p99_ms"] = r["latency_real"]["p99_ms"]
         metrics[f"bench/{name}/memory_mb"] = r["memory_mb"]
+        metrics |= {f"bench/{name}/teacher_{k}": v for k, v in r.get("agreement_with_teacher", {}).items()}
         for length, stats in r["by_length"].items():
             metrics[f"bench/{name}/latency_p50_ms_len{length}"] = stats["p50_ms"]
             metrics[f"bench/{name}/throughput_per_s_len{length}"] = stats["throughput_per_s"]
@@ -316,6 +330,18 @@ def run(ctx: StageContext) -> StageResult:
         outputs={"benchmark_report": "benchmark.json", "results_table": "results.md",
                  "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"} | outputs,
     )
+
+
+def agreement_markdown(results: dict[str, dict], reference: str) -> str:
+    """Each variant's outputs against the teacher's on the same test inputs (tasks that compare)."""
+    rows = {n: r["agreement_with_teacher"] for n, r in results.items() if "agreement_with_teacher" in r}
+    if not rows:
+        return ""
+    keys = list(next(iter(rows.values())))
+    lines = [f"\n## Agreement with {reference} (same test texts)\n", "| variant | " + " | ".join(keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    lines += [f"| {n} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |" for n, v in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 # -- the search's trials (validation, measured by the search stage) -------------------------------

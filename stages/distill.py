@@ -37,7 +37,6 @@ from stages._train import (
     TrackerCallback,
     configure_torch,
     evaluate,
-    save_model,
     train_and_evaluate,
     training_arguments,
 )
@@ -265,7 +264,7 @@ def run(ctx: StageContext) -> StageResult:
     elif dcfg.trim_vocab.enabled:
         model, student_tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, task, raw, model, tokenizer)
         metrics |= trim_metrics
-    metrics |= save_model(model, student_tokenizer, ctx.out / "model")
+    metrics |= task.save_model(model, student_tokenizer, ctx.out / "model")
     if dcfg.trim_vocab.share_rows:
         np.savez(ctx.out / "model" / SHARED_ROWS_FILE, kept=np.asarray(shared[0]), position=shared[1])
     save_json(ctx.out / "metrics.json", metrics)

@@ -16,7 +16,6 @@ from stages._hf import label_maps, load_splits_dir, load_teacher, save_json
 from stages._train import (
     TrackerCallback,
     configure_torch,
-    save_model,
     train_and_evaluate,
     training_arguments,
     training_length,
@@ -28,6 +27,9 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     task = get_task(cfg)
     configure_torch(cfg.runtime)
+    own = task.finetune_stage(ctx)  # e.g. a sentence-embedding teacher used as it is
+    if own is not None:
+        return own
     set_seed(cfg.project.seed)
     tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
     raw = load_splits_dir(ctx.path("dataset"))
@@ -54,7 +56,7 @@ def run(ctx: StageContext) -> StageResult:
     metrics |= training_length(trainer)
     ctx.log.info("teacher trained %d of %d steps; best checkpoint at step %d",
                  metrics["train/steps"], metrics["train/max_steps"], metrics["train/best_step"])
-    metrics |= save_model(trainer.model, tokenizer, ctx.out / "model")
+    metrics |= task.save_model(trainer.model, tokenizer, ctx.out / "model")
     save_json(ctx.out / "metrics.json", metrics)
     ctx.log.info("teacher test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
     return StageResult(metrics=metrics, outputs={"teacher_model": "model", "teacher_metrics": "metrics.json"})

@@ -77,7 +77,7 @@ def write_bundle(ctx: StageContext, task: Task, onnx_path: Path, tokenizer_dir: 
             "stage_keys": {name: art.key for name, art in ctx.inputs.items()},
             "created_unix": int(time.time()),
         },
-    } | task.bundle_metadata()
+    } | task.bundle_metadata(model_config)
     save_json(target / bundle_format.METADATA_FILE, metadata)
     (target / bundle_format.CARD_FILE).write_text(model_card(ctx, task, metadata, bench))
     bundle_format.write_checksums(target)  # last: seals the bundle
@@ -143,13 +143,22 @@ the machine that ran the pipeline.
 bertpress predict <this directory> {use.get(task.name, '"some text"')}   # onnxruntime + tokenizers + numpy only
 bertpress serve <this directory> --port 8000
 ```
-Outputs: logits{(' + embeddings: ' + ', '.join(embeds)) if embeds else ' only (no embeddings)'}.
+{outputs_note(meta, embeds)}
 
 ## Limitations
 - Trained on {data_source} only; expect lower quality on other domains.
 - {vocabulary_note(dcfg.trim_vocab)}
 - INT8 weights and activations: outputs are close to, not equal to, the fp32 model's.
 """
+
+
+def outputs_note(meta: dict[str, Any], embeds: list[str]) -> str:
+    sentence = meta.get("sentence_embedding")
+    if sentence:
+        return (f"Output: the sentence embedding ({sentence['dim']} dimensions, {sentence['pooling']} pooling"
+                f"{', L2-normalised: dot product = cosine' if sentence['normalized'] else ''}), computed inside "
+                "the graph; `bertpress index` / `search` build a vector index on it.")
+    return f"Outputs: logits{(' + embeddings: ' + ', '.join(embeds)) if embeds else ' only (no embeddings)'}."
 
 
 def check_tokenization(model: Model, tokenizer_dir: Path, texts: list[str], max_length: int) -> None:

@@ -48,7 +48,7 @@ from stages._budget import (
     pareto_front,
     proxy_gap,
 )
-from stages._hf import label_maps, load_model, load_splits_dir, save_json
+from stages._hf import label_maps, load_model, load_splits_dir, save_json, save_model
 from stages._onnx import (
     compact_shared_rows,
     file_mb,
@@ -57,7 +57,7 @@ from stages._onnx import (
     single_inputs,
     time_calls,
 )
-from stages._train import configure_torch, evaluate, save_model
+from stages._train import configure_torch, evaluate
 from stages._vocab import share_rows, shared_row_plan
 from stages.distill import build_trainer, domain_texts, make_student, prepare_distillation
 from stages.tasks import get_task

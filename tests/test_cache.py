@@ -425,3 +425,12 @@ def test_an_upstream_rerun_with_other_output_makes_what_follows_stale(load_tiny)
     assert planned["data"].status == "done"
     assert planned["finetune"].status == "stale" and planned["finetune"].artifact is None
     assert keys["finetune"] in planned["finetune"].stale_keys  # same key, rebuilt on the next run
+
+
+def test_sentence_embeddings_are_versioned_with_the_classification_readers_they_reuse():
+    from pipeline.registry import REPO_DIR, task_code_files
+
+    files = {str(p.relative_to(REPO_DIR)) for p in task_code_files("sentence-embedding")}
+    assert {"stages/tasks/sentence_embedding.py", "stages/tasks/sequence_classification.py", "stages/_sentence.py",
+            "bertpress/tasks/sentence_embedding.py"} <= files
+    assert not {p for p in files if "token_classification" in p}

@@ -532,7 +532,7 @@ NER = ["task.type=token-classification"]
 @pytest.mark.parametrize(("overrides", "message"), [
     (["data.builtin=wnut16"], "data.builtin=wnut16 is a token-classification dataset but task.type is "
                               "sequence-classification; set task.type: token-classification"),
-    ([*NER], "data.builtin=rotten_tomatoes is a sequence-classification dataset"),
+    ([*NER], "data.builtin=rotten_tomatoes is a labelled-text dataset"),
     ([*NER, "data.source=files", "data.files.train=x.jsonl"], "needs data.tags_column"),
     ([*NER, "data.source=hub", "data.hub_name=conll2003"], "needs data.tags_column"),
     ([*NER, "data.builtin=wnut16", "task.stride=62", "data.max_length=64"], "task.stride (62) must be below"),

@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 from bertpress.ranking import (
     average_ranks,
+    label_retrieval_metrics,
     mrr_at_k,
     ndcg_at_k,
     recall_at_k,
@@ -69,3 +70,34 @@ def test_spearman_matches_scipy_with_ties():
 
 def test_top_k_overlap():
     assert top_k_overlap(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]), k=3) == pytest.approx(2 / 3)
+
+
+def test_label_retrieval_equals_the_per_query_definitions():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = rng.integers(0, 4, size=60)
+    labels[0] = 9  # alone in its label: skipped
+    got = label_retrieval_metrics(vectors, labels, k=10, block=7)  # blocks that do not divide 60
+    rankings, judgments = [], []
+    for i in range(1, 60):
+        scores = vectors @ vectors[i]
+        scores[i] = -np.inf
+        rankings.append(list(np.argsort(-scores, kind="stable")))
+        judgments.append({j for j in range(60) if j != i and labels[j] == labels[i]})
+    want = retrieval_metrics(rankings, judgments, recall_ks=(), k=10)
+    assert got["ndcg_at_10"] == pytest.approx(want["ndcg@10"], abs=1e-6)
+    assert got["mrr_at_10"] == pytest.approx(want["mrr@10"], abs=1e-6)
+    precision = np.mean([len(set(r[:10]) & j) / 10 for r, j in zip(rankings, judgments, strict=True)])
+    assert got["precision_at_10"] == pytest.approx(precision, abs=1e-6)
+
+
+def test_label_retrieval_by_hand():
+    # 1-d "vectors": a=1.0, b=0.9 (label x); c=-1.0 (label y), d=-0.8 (label y). k=1:
+    # a's nearest is b (hit), b's is a (hit), c's is d (hit), d's is c (hit) -> all 1.
+    vectors = np.array([[1.0], [0.9], [-1.0], [-0.8]])
+    got = label_retrieval_metrics(vectors, np.array(["x", "x", "y", "y"]), k=1)
+    assert got == {"ndcg_at_1": 1.0, "mrr_at_1": 1.0, "precision_at_1": 1.0}
+    # Swap labels of b and c: a's nearest b is now a miss, ... every nearest neighbour is a miss.
+    got = label_retrieval_metrics(vectors, np.array(["x", "y", "x", "y"]), k=1)
+    assert got == {"ndcg_at_1": 0.0, "mrr_at_1": 0.0, "precision_at_1": 0.0}

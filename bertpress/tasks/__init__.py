@@ -14,7 +14,7 @@ from bertpress.errors import BundleError
 if TYPE_CHECKING:
     from bertpress.runtime import Model
 
-TASKS = ("sequence-classification", "token-classification")
+TASKS = ("sequence-classification", "token-classification", "sentence-embedding")
 # Bundles written before the task seam said "text-classification".
 ALIASES = {"text-classification": "sequence-classification"}
 
@@ -31,6 +31,10 @@ def task_name(metadata: dict) -> str:
 def head_for(model: Model):
     """The head object for a loaded model (imported lazily: one task's code per process)."""
     task = task_name(model.metadata)
+    if task == "sentence-embedding":
+        from bertpress.tasks.sentence_embedding import SentenceEmbeddingHead
+
+        return SentenceEmbeddingHead(model)
     if task == "token-classification":
         from bertpress.tasks.token_classification import TokenClassificationHead
 

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 
 def get_task(cfg: PipelineConfig) -> Task:
+    if cfg.task.type == "sentence-embedding":
+        from stages.tasks.sentence_embedding import SentenceEmbedding
+
+        return SentenceEmbedding(cfg)
     if cfg.task.type == "token-classification":
         from stages.tasks.token_classification import TokenClassification
 

@@ -30,6 +30,11 @@ class Task:
     per_token: ClassVar[bool] = False  # logits per token ([batch, seq, labels]) or per input
     # Columns of the distillation data that the loss reads besides the model inputs and labels.
     distillation_columns: ClassVar[tuple[str, ...]] = (TEACHER_LOGITS,)
+    # Export through stages._multi_output's wrapper (the task's head in the graph) even without
+    # embedding outputs: optimum's export task for this head would leave the head out.
+    own_export: ClassVar[bool] = False
+    # Whether the argmax of the outputs is a prediction (export parity counts argmax changes).
+    argmax_outputs: ClassVar[bool] = True
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
@@ -66,7 +71,7 @@ class Task:
     def collator(self, tokenizer):
         raise NotImplementedError
 
-    def head_logits(self, model, encoded):
+    def head_logits(self, model, encoded, attention_mask=None):
         """The head's logits from the base model's output (for multi-output export)."""
         raise NotImplementedError
 
@@ -100,12 +105,39 @@ class Task:
     def collator_for_distillation(self, tokenizer):
         return self.collator(tokenizer)
 
+    def save_model(self, model, tokenizer, out) -> dict[str, float]:
+        """Save a trained model (teacher or student) where the next stage loads it from."""
+        from stages._hf import save_model
+
+        return save_model(model, tokenizer, out)
+
+    def finetune_stage(self, ctx):
+        """The task's own finetune stage (a StageResult), or None: stages.finetune's Trainer run."""
+        return None
+
+    # -- export, comparison ----------------------------------------------------------------------
+    def stock_predictor(self, session, teacher_dir) -> Callable[[Batch], np.ndarray]:
+        """batch -> the task's output, from Optimum's stock export of the teacher (the baseline
+        stage's graph, whose outputs are those of the task's optimum export)."""
+        names = {i.name for i in session.get_inputs()}
+        return lambda batch: session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
+
+    def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
+        """How close one model's outputs are to a reference's on the same inputs (INT8 vs fp32,
+        student vs teacher), beyond the metrics; {} when the metrics say it all."""
+        return {}
+
+    def export_checks(self, model_dir, onnx_path, texts: list[str]) -> dict[str, float]:
+        """Task-specific checks of an exported graph against the library that defines the model
+        (raise StageError on failure); recorded in the export's parity report."""
+        return {}
+
     # -- release -------------------------------------------------------------------------------
     def score_bundle(self, model, split: Dataset) -> dict[str, float]:
         """Metrics of a bundle through the torch-free runtime, at batch 1 as production runs it."""
         raise NotImplementedError
 
-    def bundle_metadata(self) -> dict[str, Any]:
+    def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Task settings the runtime needs (written into bundle.json)."""
         return {}
 

@@ -90,7 +90,7 @@ class SequenceClassification(Task):
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)  # dynamic padding: pad to the longest in the batch
 
-    def head_logits(self, model, encoded):
+    def head_logits(self, model, encoded, attention_mask=None):
         return classifier_head(model, encoded)
 
     # -- metrics -------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class SequenceClassification(Task):
         predicted = np.asarray([index.get(model.labels[i], -1) for i in probs.argmax(axis=1)])
         return classification_metrics_from_ids(predicted, np.asarray(split[LABEL]))
 
-    def bundle_metadata(self) -> dict[str, Any]:
+    def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"text_pair": self.cfg.data.text_pair_column is not None}
 
     def timing_inputs(self, split: Dataset) -> list[Any]:

@@ -161,7 +161,7 @@ class TokenClassification(Task):
     def collator_for_distillation(self, tokenizer):
         return WordTargetsCollator(tokenizer)
 
-    def head_logits(self, model, encoded):
+    def head_logits(self, model, encoded, attention_mask=None):
         return model.classifier(model.dropout(encoded.last_hidden_state))
 
     # -- metrics -------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class TokenClassification(Task):
         gold = [[names[t] for t in tags] for tags in split[TAGS]]
         return _flat(entity_scores(gold, predicted))
 
-    def bundle_metadata(self) -> dict[str, Any]:
+    def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"aggregation": self.cfg.task.aggregation, "stride": self.cfg.task.stride,
                 "tag_scheme": "iob2"}
 

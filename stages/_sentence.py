@@ -1,0 +1,131 @@
+"""Sentence embeddings as one PyTorch module: BERT, pooling and L2 normalisation.
+
+sentence-transformers keeps pooling and normalisation in separate modules that run after the
+transformer; exported alone, the transformer returns token vectors and the pooling has to be
+re-done in Python (the trap users of exported sentence-transformers models hit). Here the three
+are one `PreTrainedModel` whose `logits` are the finished embedding, so the Trainer, the
+distillation loop, the ONNX export (pooling and normalisation inside the graph) and the benchmark
+treat it like any other head. Models are read with sentence-transformers (its modules.json says
+the pooling and whether vectors are normalised) and saved so sentence-transformers can read them
+back (the same module files beside the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel, BertPreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from pipeline.stage import StageError
+
+POOLINGS = ("mean", "cls")
+ST_MODULES = "modules.json"
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """[batch, seq, hidden] -> [batch, hidden]: the masked mean (padding excluded) or [CLS],
+    optionally scaled to unit length (then a dot product is the cosine)."""
+    if pooling == "cls":
+        vectors = last_hidden[:, 0]
+    else:
+        mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+        vectors = (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(vectors, p=2, dim=-1) if normalize else vectors
+
+
+class SentenceEmbeddingModel(BertPreTrainedModel):
+    """BERT -> pooling -> (L2 normalisation); `logits` is the sentence embedding.
+    config.sentence_pooling ("mean" | "cls") and config.sentence_normalize say how."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.post_init()
+
+    @property
+    def pooling(self) -> str:
+        return getattr(self.config, "sentence_pooling", "mean")
+
+    @property
+    def normalize(self) -> bool:
+        return bool(getattr(self.config, "sentence_normalize", True))
+
+    def embed(self, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
+        return pool(encoded.last_hidden_state, attention_mask, self.pooling, self.normalize)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
+                output_hidden_states=None, output_attentions=None, return_dict=None, **_):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoded = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                            return_dict=True)
+        return SequenceClassifierOutput(logits=self.embed(encoded, attention_mask),
+                                        hidden_states=encoded.hidden_states, attentions=encoded.attentions)
+
+
+def sentence_head(model: SentenceEmbeddingModel, encoded, attention_mask) -> torch.Tensor:
+    """The export wrapper's head (stages._multi_output): pooling + normalisation in the graph."""
+    return model.embed(encoded, attention_mask)
+
+
+def st_settings(path: Path) -> tuple[str, bool] | None:
+    """(pooling, normalize) of a sentence-transformers directory, read with sentence-transformers;
+    None for a plain transformers directory."""
+    path = Path(path)
+    if not (path / ST_MODULES).is_file():
+        return None
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 5.6; the old path still works, with a deprecation warning
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    except ImportError:
+        from sentence_transformers.models import Normalize, Pooling
+
+    st = SentenceTransformer(str(path), device="cpu")
+    poolers = [m for m in st if isinstance(m, Pooling)]
+    if len(poolers) != 1:
+        raise StageError(f"{path}: a sentence-transformers model with {len(poolers)} pooling modules; "
+                         "bertpress reads transformer -> pooling -> (normalize)")
+    mode = poolers[0].pooling_mode
+    mode = mode[0] if isinstance(mode, list | tuple) and len(mode) == 1 else mode
+    pooling = {"mean": "mean", "cls": "cls"}.get(mode) if isinstance(mode, str) else None
+    if pooling is None:
+        raise StageError(f"{path}: pooling {mode!r} is not supported; use mean or cls pooling")
+    return pooling, any(isinstance(m, Normalize) for m in st)
+
+
+def load_sentence_model(path: Path, pooling: str | None = None, normalize: bool | None = None,
+                        **kwargs) -> SentenceEmbeddingModel:
+    """A sentence-transformers directory (its pooling and normalisation), a directory saved by
+    `save_sentence_model`, or a plain BERT (mean pooling, normalised unless told otherwise)."""
+    path = Path(path)
+    found = st_settings(path)
+    model = SentenceEmbeddingModel.from_pretrained(str(path), **kwargs)
+    if found is not None and not hasattr(model.config, "sentence_pooling"):
+        model.config.sentence_pooling, model.config.sentence_normalize = found
+    model.config.sentence_pooling = pooling or getattr(model.config, "sentence_pooling", "mean")
+    if normalize is not None or not hasattr(model.config, "sentence_normalize"):
+        model.config.sentence_normalize = True if normalize is None else normalize
+    return model
+
+
+def write_st_modules(model: SentenceEmbeddingModel, out: Path, max_length: int) -> None:
+    """The sentence-transformers module files, so `SentenceTransformer(out)` loads the same model."""
+    out = Path(out)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if model.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / ST_MODULES).write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": model.config.hidden_size,
+        "pooling_mode_cls_token": model.pooling == "cls", "pooling_mode_mean_tokens": model.pooling == "mean",
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
+                                                               "do_lower_case": False}, indent=2))

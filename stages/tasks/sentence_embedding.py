@@ -1,0 +1,258 @@
+"""Sentence embeddings: one vector per text, for similarity and retrieval.
+
+Teacher: a sentence-transformers model (the built-in all-MiniLM-L6-v2 is one: mean pooling + L2
+normalisation), read with sentence-transformers and used as it is; the finetune stage converts it
+into stages._sentence's single module (BERT -> pooling -> normalisation) and scores it.
+Distillation: the student (a layer subset, optionally narrower or with a vocabulary budget, as for
+classification) learns the teacher's embeddings by MSE (Reimers & Gurevych 2020) on the training
+texts, plus augmented and unlabelled texts when given: no label is used, so any corpus will do.
+The loss is summed over dimensions and averaged over texts: for unit vectors, 2 (1 - cosine).
+Evaluation (task.evaluation: labels): retrieval by label on the data's own labelled texts, every
+text querying all the others of its split; nDCG@k is the primary metric, MRR@k and P@k beside it,
+and agreement with a reference model (mean cosine, top-k neighbour overlap) where one is compared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer, DataCollatorWithPadding
+
+from bertpress.embeddings import l2_normalize, mean_pool
+from bertpress.ranking import label_retrieval_metrics, top_k_overlap
+from pipeline.stage import StageContext, StageError, StageResult
+from stages._hf import MODEL_INPUTS, random_bert_config, resolve_model_source, save_json, save_model
+from stages._losses import IGNORE_LABEL
+from stages._sentence import (
+    SentenceEmbeddingModel,
+    load_sentence_model,
+    sentence_head,
+    st_settings,
+    write_st_modules,
+)
+from stages.tasks.base import TEACHER_LOGITS, Batch, Task, predict_rows
+from stages.tasks.sequence_classification import (
+    LABEL,
+    TEXT,
+    SequenceClassification,
+    augmentation_texts,
+)
+
+ST_PARITY_MIN_COSINE = 0.9999  # ONNX graph vs sentence-transformers' encode() of the same model
+
+
+class SentenceEmbedding(Task):
+    name = "sentence-embedding"
+    export_task = "feature-extraction"
+    own_export = True
+    argmax_outputs = False  # an embedding's largest coordinate means nothing
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        k = cfg.task.k
+        self.k = k
+        self.primary_metric = f"ndcg_at_{k}"
+        self.metric_labels = {f"ndcg_at_{k}": f"nDCG@{k} by label", f"mrr_at_{k}": f"MRR@{k}",
+                              f"precision_at_{k}": f"P@{k}"}
+        self._labelled = SequenceClassification(cfg)  # the labelled-text readers, cleaning, split
+
+    # -- data ----------------------------------------------------------------------------------
+    def load(self, cleaning: dict) -> tuple[DatasetDict, list[str]]:
+        return self._labelled.load(cleaning)
+
+    def prepare(self, splits: DatasetDict, tokenizer, names: list[str], log) -> tuple[DatasetDict, dict, dict]:
+        return self._labelled.prepare(splits, tokenizer, names, log)
+
+    # -- models --------------------------------------------------------------------------------
+    @property
+    def auto_model(self):
+        return SentenceEmbeddingModel
+
+    @property
+    def ort_model(self):
+        from optimum.onnxruntime import ORTModelForFeatureExtraction
+
+        return ORTModelForFeatureExtraction
+
+    def features(self, split: Dataset, tokenizer) -> Dataset:
+        enc = tokenizer(list(split[TEXT]), truncation=True, max_length=self.cfg.data.max_length)
+        return Dataset.from_dict({k: enc[k] for k in MODEL_INPUTS if k in enc} | {"labels": list(split[LABEL])})
+
+    def collator(self, tokenizer):
+        return DataCollatorWithPadding(tokenizer)
+
+    def head_logits(self, model, encoded, attention_mask=None):
+        return sentence_head(model, encoded, attention_mask)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
+        return label_retrieval_metrics(np.stack(rows), np.asarray(features["labels"]), self.k)
+
+    def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
+        return embedding_agreement(np.stack(reference), np.stack(rows), self.k)
+
+    # -- teacher -------------------------------------------------------------------------------
+    def finetune_stage(self, ctx: StageContext) -> StageResult:
+        """The teacher as it is: read (sentence-transformers), saved as one module, scored."""
+        cfg = ctx.cfg
+        tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
+        teacher = load_teacher(cfg, tokenizer)
+        raw = {name: split for name, split in _load(ctx).items() if name in ("validation", "test")}
+        metrics: dict[str, float] = {}
+        for split, prefix in (("validation", "eval"), ("test", "test")):
+            features = self.features(raw[split], tokenizer)
+            rows = embed_rows(teacher, features, tokenizer)
+            metrics |= {f"{prefix}/{k}": v for k, v in self.metrics(rows, features).items()}
+        metrics |= self.save_model(teacher, tokenizer, ctx.out / "model")
+        metrics |= {"train/steps": 0.0}
+        save_json(ctx.out / "metrics.json", metrics)
+        ctx.log.info("teacher %s (%s pooling, %s): test %s %.4f (used as it is, not fine-tuned)",
+                     cfg.teacher.model, teacher.pooling, "normalised" if teacher.normalize else "not normalised",
+                     self.primary_metric, metrics[f"test/{self.primary_metric}"])
+        return StageResult(metrics=metrics, outputs={"teacher_model": "model", "teacher_metrics": "metrics.json"})
+
+    def save_model(self, model, tokenizer, out) -> dict[str, float]:
+        metrics = save_model(model, tokenizer, out)
+        write_st_modules(model, out, self.cfg.data.max_length)  # sentence-transformers reads it too
+        return metrics
+
+    # -- distillation --------------------------------------------------------------------------
+    def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
+                          precompute: bool) -> tuple[DatasetDict, dict | None]:
+        """Student inputs per split; when `precompute` (the student reads other pieces) the
+        teacher's embedding of each text as a column, computed once on the teacher's pieces.
+        Augmented / unlabelled texts join train: they need no label."""
+        extra, info = [], None
+        if self.cfg.distill.augment.enabled:
+            extra, info = augmentation_texts(ctx, list(raw["train"][TEXT]), teacher_tokenizer.mask_token)
+        out = DatasetDict()
+        for name, split in raw.items():
+            texts, labels = list(split[TEXT]), list(split[LABEL])
+            if name == "train":
+                texts, labels = texts + extra, labels + [IGNORE_LABEL] * len(extra)
+            plain = Dataset.from_dict({TEXT: texts, LABEL: labels})
+            out[name] = self.features(plain, student_tokenizer)
+            if precompute:
+                targets = embed_rows(teacher, self.features(plain, teacher_tokenizer), teacher_tokenizer,
+                                     desc=f"teacher embeddings ({name})")
+                out[name] = out[name].add_column(TEACHER_LOGITS, np.stack(targets).tolist())
+        out["train"] = out["train"].shuffle(seed=self.cfg.project.seed)
+        return out, info
+
+    def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float, alpha: float):
+        return embedding_mse(student_logits, teacher_logits)
+
+    # -- export --------------------------------------------------------------------------------
+    def stock_predictor(self, session, teacher_dir: Path):
+        """Optimum's feature-extraction export returns token vectors: the pooling and normalisation
+        (the teacher's) run here, in numpy, as its users have to."""
+        from stages._onnx import session_feed
+
+        config = json.loads((Path(teacher_dir) / "config.json").read_text())
+        pooling, normalize = config.get("sentence_pooling", "mean"), config.get("sentence_normalize", True)
+
+        def predict(batch: Batch) -> np.ndarray:
+            hidden = session.run(["last_hidden_state"], session_feed(session, batch))[0]
+            vectors = hidden[:, 0] if pooling == "cls" else mean_pool(hidden, batch["attention_mask"])
+            return l2_normalize(vectors) if normalize else vectors
+
+        return predict
+
+    def export_checks(self, model_dir, onnx_path, texts: list[str]) -> dict[str, float]:
+        """The graph's output against sentence-transformers' encode() of the same saved model."""
+        from sentence_transformers import SentenceTransformer
+
+        from stages._onnx import make_session, session_feed
+
+        st = SentenceTransformer(str(model_dir), device="cpu")
+        st.max_seq_length = self.cfg.data.max_length
+        want = st.encode(texts, batch_size=16, convert_to_numpy=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        session = make_session(Path(onnx_path), provider_list=["CPUExecutionProvider"])
+        features = self.features(Dataset.from_dict({TEXT: texts, LABEL: [0] * len(texts)}), tokenizer)
+        got = np.stack(predict_rows(lambda b: session.run(["logits"], session_feed(session, b))[0],
+                                    features, tokenizer))
+        cosine = (l2_normalize(got) * l2_normalize(want)).sum(1)
+        if cosine.min() < ST_PARITY_MIN_COSINE:
+            raise StageError(f"{onnx_path}: embeddings differ from sentence-transformers' encode() of "
+                             f"{model_dir} (min cosine {cosine.min():.6f} < {ST_PARITY_MIN_COSINE} on "
+                             f"{len(texts)} validation texts); check the pooling settings")
+        return {"st_min_cosine": float(cosine.min()), "st_mean_cosine": float(cosine.mean())}
+
+    # -- release -------------------------------------------------------------------------------
+    def score_bundle(self, model, split: Dataset) -> dict[str, float]:
+        vectors = model.encode(list(split[TEXT]), batch_size=1)
+        return label_retrieval_metrics(vectors, np.asarray(split[LABEL]), self.k)
+
+    def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        config = model_config or {}
+        return {"sentence_embedding": {
+            "output": "logits", "dim": config.get("hidden_size"),
+            "pooling": config.get("sentence_pooling", "mean"),
+            "normalized": bool(config.get("sentence_normalize", True))}}
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance summed over dimensions, averaged over texts (2 - 2 cos for unit vectors)."""
+    return ((student - teacher.to(student.dtype)) ** 2).sum(-1).mean()
+
+
+def embedding_agreement(reference: np.ndarray, vectors: np.ndarray, k: int) -> dict[str, float]:
+    """Mean cosine to the reference's vector of the same text, and the overlap of each text's k
+    nearest neighbours (among the same texts) under the two models."""
+    a, b = l2_normalize(reference), l2_normalize(vectors)
+    k = min(k, len(a) - 1)
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        scores = x @ x.T
+        np.fill_diagonal(scores, -np.inf)
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+    return {"mean_cosine": float((a * b).sum(1).mean()), f"top{k}_overlap": top_k_overlap(neighbours(a), neighbours(b), k)}
+
+
+def load_teacher(cfg, tokenizer) -> SentenceEmbeddingModel:
+    """The configured teacher as one module; a random BERT (tests) gets mean pooling + normalisation."""
+    task = cfg.task
+    if cfg.teacher.model == "random":
+        config = random_bert_config(cfg.teacher.random, len(tokenizer), cfg.data.max_length)
+        config.sentence_pooling, config.sentence_normalize = task.pooling or "mean", (
+            True if task.normalize is None else task.normalize)
+        return SentenceEmbeddingModel(config)
+    source = Path(resolve_model_source(cfg.teacher.model))
+    if not source.is_dir():
+        raise StageError(f"teacher.model {cfg.teacher.model!r}: sentence-embedding needs a local "
+                         "sentence-transformers (or BERT) directory, or builtin:minilm-l6")
+    if st_settings(source) is None and task.pooling is None:
+        raise StageError(f"{source} is not a sentence-transformers model (no modules.json), so its pooling "
+                         "is unknown: set task.pooling (mean or cls) and task.normalize")
+    return load_sentence_model(source, task.pooling, task.normalize)
+
+
+@torch.no_grad()
+def embed_rows(model, features: Dataset, tokenizer, desc: str | None = None, batch_size: int = 64) -> list[np.ndarray]:
+    """The PyTorch model's embedding of every row (eval mode, length-sorted batches)."""
+    model.eval()
+    collate = DataCollatorWithPadding(tokenizer)
+    columns = {k: features[k] for k in MODEL_INPUTS if k in features.column_names}
+    order = np.argsort([len(ids) for ids in columns["input_ids"]], kind="stable")
+    out = np.zeros((len(features), model.config.hidden_size), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
+        rows = order[start:start + batch_size]
+        batch = collate([{k: v[i] for k, v in columns.items()} for i in rows]).to(model.device)
+        out[rows] = model(**batch).logits.float().cpu().numpy()
+    return list(out)
+
+
+def _load(ctx: StageContext) -> DatasetDict:
+    from stages._hf import load_splits_dir
+
+    return load_splits_dir(ctx.path("dataset"))

@@ -1,0 +1,167 @@
+"""Sentence embeddings through every stage (configs/tiny-embeddings.yaml, twice: all cache hits), the
+pooling/normalisation module against sentence-transformers and closed forms, the embedding MSE,
+and the bundle (predict, index, search) without torch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import cli_status, run_cli
+from pipeline.config import ConfigError, load_config
+from pipeline.registry import STAGE_NAMES
+from stages._sentence import SentenceEmbeddingModel, load_sentence_model, pool
+from stages.tasks.sentence_embedding import embedding_agreement, embedding_mse
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_TORCH = [sys.executable, str(ROOT / "tests" / "no_torch.py")]
+TINY_EMB = "configs/tiny-embeddings.yaml"
+
+
+@pytest.fixture(scope="module")
+def emb_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-embeddings")
+    run_cli("run", "all", root=root, config=TINY_EMB)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rows(emb_run) -> dict[str, dict]:
+    return cli_status(emb_run, config=TINY_EMB)
+
+
+def stage_dir(rows, stage: str) -> tuple[Path, dict]:
+    path = Path(rows[stage]["path"])
+    return path, json.loads((path / "manifest.json").read_text())
+
+
+def test_export_puts_pooling_and_normalisation_in_the_graph(rows):
+    path, m = stage_dir(rows, "export")
+    for role in ("teacher", "student"):
+        checked = m["info"]["library_parity"][role]  # vs sentence-transformers' encode()
+        assert checked["st_min_cosine"] >= 0.9999
+        assert m["metrics"][f"{role}/fused_max_abs_diff"] < 1e-4
+    session = ort.InferenceSession(str(path / "student" / "model_fused.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    feed = {i.name: np.ones((3, 7), dtype=np.int64) for i in session.get_inputs()}
+    vectors = session.run(["logits"], feed)[0]
+    assert vectors.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_int8_reports_its_cosine_to_fp32_and_the_benchmark_the_stock_export(rows):
+    path, _ = stage_dir(rows, "quantize")
+    report = json.loads((path / "quantize_report.json").read_text())
+    assert report["primary_metric"] == "ndcg_at_5"
+    chosen = report["candidates"][report["selected"]]
+    assert chosen["mean_cosine_vs_fp32"] > 0.99 and 0 <= chosen["top5_overlap_vs_fp32"] <= 1
+    bench, _ = stage_dir(rows, "benchmark")
+    result = json.loads((bench / "benchmark.json").read_text())
+    variants = result["variants"]
+    assert set(variants) >= {"teacher-pytorch", "teacher-stock-int8", "student-onnx", "student-int8"}
+    # Optimum's feature-extraction export pooled in numpy agrees with the teacher it came from.
+    assert variants["teacher-stock-int8"]["agreement_with_teacher"]["mean_cosine"] > 0.99
+    assert variants["student-onnx"]["ndcg_at_5"] == pytest.approx(variants["student-pytorch"]["ndcg_at_5"], abs=1e-6)
+    text = (bench / "results.md").read_text()
+    assert "| test nDCG@5 by label | test MRR@5 | test P@5 |" in text and "## Agreement with teacher-pytorch" in text
+
+
+def test_second_run_is_all_cache_hits(emb_run, rows):
+    run_cli("run", "all", root=emb_run, config=TINY_EMB)
+    client = MlflowClient(tracking_uri=f"sqlite:///{emb_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bertpress-tiny-embeddings")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGE_NAMES)
+    assert {r.data.tags["cached"] for r in children} == {"true"}
+    assert cli_status(emb_run, config=TINY_EMB) == rows
+
+
+def no_torch(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_bundle_embeds_indexes_and_searches_without_torch(rows, tmp_path):
+    bundle = Path(rows["release"]["path"]) / "bundle"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["task"] == "sentence-embedding"
+    assert meta["sentence_embedding"] == {"output": "logits", "dim": 32, "pooling": "mean", "normalized": True}
+    out = [json.loads(line) for line in no_torch("predict", str(bundle), "a great film", "dull").stdout.splitlines()]
+    vectors = np.array([o["embedding"] for o in out])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a great film\nthe plot was dull\nwonderful acting\n")
+    no_torch("index", str(bundle), "--input", str(corpus), "--out", str(tmp_path / "idx"))
+    hits = json.loads(no_torch("search", str(tmp_path / "idx"), "a great film", "-k", "2").stdout)["hits"]
+    assert hits[0]["text"] == "a great film" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+# -- unit tests ----------------------------------------------------------------------------------
+def test_pool_mean_ignores_padding_and_cls_takes_the_first_token():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(pool(hidden, mask, "mean", normalize=False), torch.tensor([[2.0, 2.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "cls", normalize=False), torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "mean", normalize=True), torch.tensor([[2 ** -0.5, 2 ** -0.5]]))
+
+
+def test_embedding_mse_is_two_minus_two_cosine_for_unit_vectors():
+    a = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    assert embedding_mse(a, b).item() == pytest.approx((2 - 2 * (a * b).sum(-1)).mean().item(), rel=1e-5)
+    assert embedding_mse(a, a).item() == 0.0
+
+
+def test_agreement_of_a_model_with_itself_and_with_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 16))
+    same = embedding_agreement(x, x, k=5)
+    assert same == {"mean_cosine": pytest.approx(1.0), "top5_overlap": 1.0}
+    other = embedding_agreement(x, rng.normal(size=(30, 16)), k=5)
+    assert other["mean_cosine"] < 0.5 and other["top5_overlap"] < 0.6
+
+
+def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    from conftest import EMBEDDING_CORPUS
+    from stages._hf import train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer(EMBEDDING_CORPUS, vocab_size=100)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    st = SentenceTransformer(modules=[Transformer(str(tmp_path / "bert")), Pooling(16, "cls"), Normalize()],
+                             device="cpu")
+    st.save(str(tmp_path / "st"))
+    model = load_sentence_model(tmp_path / "st").eval()
+    assert isinstance(model, SentenceEmbeddingModel) and (model.pooling, model.normalize) == ("cls", True)
+    texts = ["a dull thin plot", "the music is great"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = model(**batch).logits.numpy()
+    np.testing.assert_allclose(ours, st.encode(texts), atol=1e-5)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["search.enabled=true"], "covers classification tasks so far"),
+    (["export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
+])
+def test_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(ROOT / TINY_EMB, overrides)
