@@ -60,9 +60,16 @@ class SentenceEmbeddingTask(_Section):
     the finished embedding."""
 
     type: Literal["sentence-embedding"]
-    evaluation: Literal["labels"] = Field(
+    evaluation: Literal["labels", "pairs", "retrieval"] = Field(
         "labels", description="How the data judges embeddings. labels: retrieval by label on the data's "
-        "own labelled texts (a text's relevant documents are the other texts of its label).")
+        "own labelled texts (a text's relevant documents are the other texts of its label); pairs: "
+        "Spearman of cosine vs gold score on scored sentence pairs (STS); retrieval: questions against "
+        "all passages of a SQuAD-format file, each question's relevant passage the one it was asked "
+        "about (ReQA): nDCG@10, MRR@10, Recall@1/10/100.")
+    test_queries: Literal["test-articles", "all"] = Field(
+        "test-articles", description="retrieval: the test queries are the test articles' questions, or "
+        "every question of the file (the train articles' questions were then distillation inputs, "
+        "without labels).")
     k: int = Field(10, ge=1, le=100, description="Cut-off of the ranking metrics (nDCG@k primary, MRR@k, P@k).")
     pooling: Literal["mean", "cls"] | None = Field(
         None, description="null: the teacher's (its sentence-transformers modules; mean for a plain BERT).")
@@ -142,6 +149,12 @@ class DataConfig(_Section):
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="Second text for pair tasks (NLI).")
     label_column: str = "label"
+    file_format: Literal["table", "sts", "squad"] = Field(
+        "table", description="files: tables (CSV/TSV/JSON/JSONL/Parquet with named columns), STS "
+        "Benchmark TSV (sentence-embedding pairs), or one SQuAD-format JSON (sentence-embedding "
+        "retrieval; articles are split into train/validation/test).")
+    squad_every: int = Field(3, ge=2, description="SQuAD files: articles whose 0-based index % N == N-1 "
+                             "are the test articles (3: SQuAD v1.1 dev's 16 of 48).")
     tokens_column: str = Field("tokens", description="Token classification: the column of word lists "
                                "(JSON/JSONL/Parquet/hub rows).")
     tags_column: str | None = Field(None, description="Token classification: the column of per-word "
@@ -579,6 +592,9 @@ class BenchmarkConfig(_Section):
     seq_lengths: list[int] = Field(default_factory=lambda: [32, 128])
     latency_batch_size: int = Field(1, ge=1)
     throughput_batch_size: int = Field(32, ge=1)
+    real_batch_sizes: list[int] = Field(
+        default_factory=list, description="Also throughput on real test texts at these batch sizes "
+        "(each batch padded to its longest text, as an encoding job runs), e.g. [32, 128].")
     warmup: int = Field(5, ge=0)
     iterations: int = Field(50, ge=1, description="Timed runs per latency measurement.")
     throughput_iterations: int = Field(5, ge=1)
@@ -688,6 +704,9 @@ class PipelineConfig(_Section):
                              f"{self.task.type}; set task.type: {fix} or pick another data.builtin")
         if self.task.type == "sentence-embedding":
             self._sentence_embedding_needs()
+        elif data.file_format != "table":
+            raise ValueError(f"data.file_format: {data.file_format} is read by task.type: sentence-embedding; "
+                             "other tasks read tables (data.file_format: table)")
         if not tokens:
             return
         conll = (data.source == "files" and data.files is not None
@@ -713,9 +732,17 @@ class PipelineConfig(_Section):
 
 
     def _sentence_embedding_needs(self) -> None:
-        if self.data.text_pair_column:
-            raise ValueError("data.text_pair_column: sentence-embedding reads one text per row "
-                             "(task.evaluation: labels); remove it")
+        data, evaluation = self.data, self.task.evaluation
+        if evaluation == "labels" and (data.text_pair_column or data.file_format != "table"):
+            raise ValueError("task.evaluation: labels reads one labelled text per row (data.file_format: "
+                             "table, no data.text_pair_column); scored pairs are task.evaluation: pairs, "
+                             "a SQuAD file task.evaluation: retrieval")
+        if evaluation == "pairs" and not (data.file_format == "sts" or data.text_pair_column):
+            raise ValueError("task.evaluation: pairs needs sentence pairs with a score: data.file_format: sts "
+                             "(STS Benchmark files), or data.text_pair_column (+ data.label_column = the score)")
+        if evaluation == "retrieval" and not (data.source == "files" and data.file_format == "squad"):
+            raise ValueError("task.evaluation: retrieval reads a SQuAD-format file: data.source: files, "
+                             "data.file_format: squad, data.files.train: <file.json>")
         if self.search.enabled:
             raise ValueError("search.enabled: the student search covers classification tasks so far; "
                              "set search.enabled: false and choose the student in distill.student")

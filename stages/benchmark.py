@@ -89,6 +89,14 @@ def fixed_length_batch(tokenizer, texts: list, length: int) -> Batch:
     return {k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS}
 
 
+def real_batch(tokenizer, texts: list, max_length: int) -> Batch:
+    """Real texts padded to the longest of them (dynamic padding, as a batch job runs)."""
+    pairs = bool(texts) and isinstance(texts[0], list | tuple)
+    enc = tokenizer([t[0] for t in texts] if pairs else texts, [t[1] for t in texts] if pairs else None,
+                    padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS}
+
+
 def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
@@ -108,6 +116,14 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[
         result["by_length"][str(length)] = latency_stats(lat) | {
             "throughput_per_s": bcfg.throughput_batch_size / (np.median(thr) / 1000.0)
         }
+    result["throughput_real"] = {}
+    for size in bcfg.real_batch_sizes:
+        batches = [real_batch(tokenizer, (texts * size)[start:start + size], max_length)
+                   for start in range(0, max(len(texts), size), size)][:8]
+        cursor = iter(range(10**9))
+        ms = time_calls(lambda b=batches, c=cursor: variant.predict(b[next(c) % len(b)]),
+                        min(bcfg.warmup, 2), bcfg.throughput_iterations)
+        result["throughput_real"][str(size)] = size / (np.median(ms) / 1000.0)
     log.info("%-22s %s %.4f  p50 %.2f ms (real)  %.1f MB", variant.name, task.primary_metric,
              result[task.primary_metric], result["latency_real"]["p50_ms"], variant.size_mb)
     return result
@@ -119,6 +135,7 @@ def markdown_table(results: dict[str, dict], bcfg, baseline: str, metric_labels:
             "p50 ms (real, bs1)", "p99 ms (real, bs1)"]
     head += [f"p50 ms (len {n}, bs{bcfg.latency_batch_size})" for n in lengths]
     head += [f"throughput/s (len {n}, bs{bcfg.throughput_batch_size})" for n in lengths]
+    head += [f"texts/s (real, bs{n})" for n in bcfg.real_batch_sizes]
     head += ["size MB", f"speed-up vs {baseline}"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_p50 = results[baseline]["latency_real"]["p50_ms"] if baseline in results else None
@@ -127,6 +144,7 @@ def markdown_table(results: dict[str, dict], bcfg, baseline: str, metric_labels:
                  f"{r['latency_real']['p50_ms']:.2f}", f"{r['latency_real']['p99_ms']:.2f}"]
         cells += [f"{r['by_length'][n]['p50_ms']:.2f}" for n in lengths]
         cells += [f"{r['by_length'][n]['throughput_per_s']:.0f}" for n in lengths]
+        cells += [f"{r['throughput_real'][str(n)]:.0f}" for n in bcfg.real_batch_sizes]
         speed = f"{base_p50 / r['latency_real']['p50_ms']:.1f}x" if base_p50 else "n/a"
         cells += [f"{r['size_mb']:.1f}", speed]
         rows.append("| " + " | ".join(cells) + " |")
@@ -241,7 +259,7 @@ def run(ctx: StageContext) -> StageResult:
     test = load_splits_dir(ctx.path("dataset"))["test"]
     if bcfg.max_eval_samples and len(test) > bcfg.max_eval_samples:
         test = test.select(range(bcfg.max_eval_samples))
-    texts = task.timing_inputs(test)[: max(bcfg.iterations, bcfg.throughput_batch_size)]
+    texts = task.timing_inputs(test)[: max(bcfg.iterations, bcfg.throughput_batch_size, *bcfg.real_batch_sizes)]
 
     teacher_dir = ctx.path("teacher_model")
     builders: dict[str, Callable[[int | None], Variant]] = {
@@ -319,6 +337,8 @@ def run(ctx: StageContext) -> StageResult:
         metrics[f"bench/{name}/latency_p99_ms"] = r["latency_real"]["p99_ms"]
         metrics[f"bench/{name}/memory_mb"] = r["memory_mb"]
         metrics |= {f"bench/{name}/teacher_{k}": v for k, v in r.get("agreement_with_teacher", {}).items()}
+        for size, per_s in r.get("throughput_real", {}).items():
+            metrics[f"bench/{name}/throughput_real_per_s_bs{size}"] = per_s
         for length, stats in r["by_length"].items():
             metrics[f"bench/{name}/latency_p50_ms_len{length}"] = stats["p50_ms"]
             metrics[f"bench/{name}/throughput_per_s_len{length}"] = stats["throughput_per_s"]

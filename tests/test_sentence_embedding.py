@@ -73,6 +73,7 @@ def test_int8_reports_its_cosine_to_fp32_and_the_benchmark_the_stock_export(rows
     assert variants["student-onnx"]["ndcg_at_5"] == pytest.approx(variants["student-pytorch"]["ndcg_at_5"], abs=1e-6)
     text = (bench / "results.md").read_text()
     assert "| test nDCG@5 by label | test MRR@5 | test P@5 |" in text and "## Agreement with teacher-pytorch" in text
+    assert "texts/s (real, bs8)" in text and variants["student-int8"]["throughput_real"]["8"] > 0
 
 
 def test_second_run_is_all_cache_hits(emb_run, rows):
@@ -165,3 +166,69 @@ def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(ROOT / TINY_EMB, overrides)
+
+
+# -- pairs (STS) and passage retrieval (SQuAD as ReQA) -------------------------------------------
+def test_pair_metrics_by_hand():
+    from stages.tasks.sentence_embedding import pair_metrics
+
+    # Pairs: identical (cos 1), orthogonal (cos 0), opposite (cos -1); gold 5, 2.5, 0 -> ranks agree.
+    vectors = np.array([[1.0, 0], [1, 0], [1, 0], [0, 1], [1, 0], [-1, 0]])
+    got = pair_metrics(vectors, np.array([5, 5, 2.5, 2.5, 0, 0]))
+    assert got == {"spearman": pytest.approx(1.0), "pearson": pytest.approx(1.0)}
+    got = pair_metrics(vectors, np.array([0, 0, 2.5, 2.5, 5, 5]))
+    assert got["spearman"] == pytest.approx(-1.0)
+
+
+def test_passage_retrieval_metrics_by_hand():
+    from stages.tasks.sentence_embedding import passage_retrieval_metrics
+
+    # Two documents (groups 7 and 8) and two queries: q1 (group 7) is nearest doc 7 -> rank 1;
+    # q2 (group 8) is also nearest doc 7, so its passage comes second -> MRR 1/2.
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [1.0, 0.0], [0.0, 1.0]])
+    groups, roles = np.array([7, 8, 7, 8]), np.array([0, 0, 1, 1])
+    got = passage_retrieval_metrics(vectors, groups, roles, k=10)
+    assert got["mrr_at_10"] == pytest.approx((1 + 0.5) / 2)
+    assert got["recall_at_1"] == pytest.approx(0.5) and got["recall_at_10"] == 1.0
+    assert got["ndcg_at_10"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+
+
+def test_sts_reader_takes_sentences_from_columns_5_and_6(tmp_path):
+    from pipeline.stage import StageError
+    from stages.tasks.embedding_data import read_sts
+
+    frame = read_sts(ROOT / "tests" / "data" / "tiny_sts.tsv")  # some lines carry an extra column
+    assert len(frame) == 120 and list(frame.columns) == ["text", "text_pair", "label"]
+    assert frame["label"].between(0, 5).all()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text('genre\tfile\t2012\t0001\t3.0\tA "quoted" sentence.\tAnother one.\nonly\ttwo\n')
+    with pytest.raises(StageError, match=r"line\(s\) \[2\]"):
+        read_sts(bad)
+
+
+def test_squad_articles_are_split_whole_and_every_passage_stays_in_the_corpus():
+    from stages.tasks.embedding_data import DOCUMENT, QUERY, read_squad, retrieval_splits
+
+    articles = read_squad(ROOT / "tests" / "data" / "tiny_squad.json")  # 6 articles x 3 paragraphs x 2 questions
+    splits, report = retrieval_splits(articles, every=3, validation_share=0.25, seed=0)
+    assert report["articles"] == {"train": 3, "validation": 1, "test": 2} and report["documents"] == 18
+    test = splits["test"]
+    assert test["role"].count(QUERY) == 2 * 3 * 2 and test["role"].count(DOCUMENT) == 18
+    # Test articles are 2 and 5 (index % 3 == 2): their questions point at their own paragraphs 6-8, 15-17.
+    assert {g for g, r in zip(test["label"], test["role"], strict=True) if r == QUERY} == {6, 7, 8, 15, 16, 17}
+    assert len(splits["train"]) == 3 * 3 * 2 + 3 * 3  # questions + paragraphs of the train articles
+    everything, _ = retrieval_splits(articles, every=3, validation_share=0.25, seed=0, queries="all")
+    assert everything["test"]["role"].count(QUERY) == 36
+
+
+@pytest.mark.parametrize(("config", "metric"), [("configs/tiny-sts.yaml", "spearman"),
+                                                ("configs/tiny-retrieval.yaml", "ndcg_at_5")])
+def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
+    run_cli("run", "all", root=tmp_path, config=config)
+    rows = cli_status(tmp_path, config=config)
+    bench = json.loads((Path(rows["benchmark"]["path"]) / "benchmark.json").read_text())
+    assert bench["primary_metric"] == metric
+    for variant in ("teacher-stock-int8", "student-int8"):
+        assert -1 <= bench["variants"][variant][metric] <= 1
+    release = json.loads((Path(rows["release"]["path"]) / "manifest.json").read_text())
+    assert f"release/runtime_test_{metric}" in release["metrics"]

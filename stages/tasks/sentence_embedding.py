@@ -7,9 +7,14 @@ Distillation: the student (a layer subset, optionally narrower or with a vocabul
 classification) learns the teacher's embeddings by MSE (Reimers & Gurevych 2020) on the training
 texts, plus augmented and unlabelled texts when given: no label is used, so any corpus will do.
 The loss is summed over dimensions and averaged over texts: for unit vectors, 2 (1 - cosine).
-Evaluation (task.evaluation: labels): retrieval by label on the data's own labelled texts, every
-text querying all the others of its split; nDCG@k is the primary metric, MRR@k and P@k beside it,
-and agreement with a reference model (mean cosine, top-k neighbour overlap) where one is compared.
+Evaluation (task.evaluation):
+- labels: retrieval by label on the data's own labelled texts, every text querying all the others
+  of its split; nDCG@k primary, MRR@k and P@k beside it;
+- pairs: Spearman of the cosine against the gold score on scored sentence pairs (STS), Pearson
+  beside it; a split's rows hold both sentences, and the model inputs interleave them;
+- retrieval: questions against every passage of a SQuAD-format file (ReQA), each question's
+  relevant passage the one it was asked about; nDCG@k primary, MRR@k, Recall@1/k/100;
+plus agreement with a reference model (mean cosine, top-k neighbour overlap) where one is compared.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from bertpress.embeddings import l2_normalize, mean_pool
-from bertpress.ranking import label_retrieval_metrics, top_k_overlap
+from bertpress.ranking import label_retrieval_metrics, retrieval_metrics, spearman, top_k_overlap
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import MODEL_INPUTS, random_bert_config, resolve_model_source, save_json, save_model
 from stages._losses import IGNORE_LABEL
@@ -35,6 +41,7 @@ from stages._sentence import (
     st_settings,
     write_st_modules,
 )
+from stages.tasks import embedding_data as ed
 from stages.tasks.base import TEACHER_LOGITS, Batch, Task, predict_rows
 from stages.tasks.sequence_classification import (
     LABEL,
@@ -54,19 +61,73 @@ class SentenceEmbedding(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        k = cfg.task.k
-        self.k = k
-        self.primary_metric = f"ndcg_at_{k}"
-        self.metric_labels = {f"ndcg_at_{k}": f"nDCG@{k} by label", f"mrr_at_{k}": f"MRR@{k}",
-                              f"precision_at_{k}": f"P@{k}"}
+        k = self.k = cfg.task.k
+        self.kind = cfg.task.evaluation
+        if self.kind == "pairs":
+            self.primary_metric = "spearman"
+            self.metric_labels = {"spearman": "Spearman", "pearson": "Pearson"}
+        elif self.kind == "retrieval":
+            self.primary_metric = f"ndcg_at_{k}"
+            self.metric_labels = {f"ndcg_at_{k}": f"nDCG@{k}", f"mrr_at_{k}": f"MRR@{k}", "recall_at_1": "R@1",
+                                  f"recall_at_{k}": f"R@{k}", "recall_at_100": "R@100"}
+        else:
+            self.primary_metric = f"ndcg_at_{k}"
+            self.metric_labels = {f"ndcg_at_{k}": f"nDCG@{k} by label", f"mrr_at_{k}": f"MRR@{k}",
+                                  f"precision_at_{k}": f"P@{k}"}
         self._labelled = SequenceClassification(cfg)  # the labelled-text readers, cleaning, split
 
     # -- data ----------------------------------------------------------------------------------
     def load(self, cleaning: dict) -> tuple[DatasetDict, list[str]]:
-        return self._labelled.load(cleaning)
+        if self.kind == "labels":
+            return self._labelled.load(cleaning)
+        data = self.cfg.data
+        if self.kind == "retrieval":
+            splits, self._report = ed.retrieval_splits(
+                ed.read_squad(data.files.train), data.squad_every, data.validation_size, self.cfg.project.seed,
+                self.cfg.task.test_queries)
+            return splits, []
+        return self._pairs(data), []
+
+    def _pairs(self, data) -> DatasetDict:
+        from stages._tables import file_splits, read_table
+
+        files = file_splits(data)
+        frames = {}
+        for split, path in files.items():
+            if data.file_format == "sts":
+                frames[split] = ed.read_sts(path)
+            else:
+                table = read_table(path)
+                missing = [c for c in (data.text_column, data.text_pair_column, data.label_column) if c not in table]
+                if missing:
+                    raise StageError(f"{path}: column(s) {missing} not found; it has {list(table.columns)}")
+                frames[split] = pd.DataFrame({ed.TEXT: table[data.text_column], ed.PAIR: table[data.text_pair_column],
+                                              ed.SCORE: table[data.label_column]})
+        splits = {name: ed.pairs_split(frame) for name, frame in frames.items()}
+        seed = self.cfg.project.seed
+        if "test" not in splits:
+            cut = splits["train"].train_test_split(test_size=data.test_size, seed=seed)
+            splits["train"], splits["test"] = cut["train"], cut["test"]
+        if "validation" not in splits:
+            cut = splits["train"].train_test_split(test_size=data.validation_size, seed=seed)
+            splits["train"], splits["validation"] = cut["train"], cut["test"]
+        return DatasetDict(train=splits["train"], validation=splits["validation"], test=splits["test"])
+
+    def texts(self, split: Dataset) -> list[str]:
+        """Every text of a split (both sentences of a pair): vocabulary budgets, calibration."""
+        texts = list(split[TEXT])
+        return texts + list(split[ed.PAIR]) if ed.PAIR in split.column_names else texts
 
     def prepare(self, splits: DatasetDict, tokenizer, names: list[str], log) -> tuple[DatasetDict, dict, dict]:
-        return self._labelled.prepare(splits, tokenizer, names, log)
+        if self.kind == "labels":
+            return self._labelled.prepare(splits, tokenizer, names, log)
+        lengths = [len(ids) for ids in tokenizer(self.texts(splits["train"]))["input_ids"]]
+        limit = self.cfg.data.max_length
+        report = {"evaluation": self.kind, "rows": {s: len(d) for s, d in splits.items()}} | getattr(self, "_report", {})
+        metrics = {"data/train_truncated_fraction": sum(n > limit for n in lengths) / max(len(lengths), 1),
+                   "data/train_mean_tokens": sum(lengths) / max(len(lengths), 1)}
+        log.info("%s: %s", self.kind, report)
+        return splits, report, metrics
 
     # -- models --------------------------------------------------------------------------------
     @property
@@ -80,8 +141,16 @@ class SentenceEmbedding(Task):
         return ORTModelForFeatureExtraction
 
     def features(self, split: Dataset, tokenizer) -> Dataset:
-        enc = tokenizer(list(split[TEXT]), truncation=True, max_length=self.cfg.data.max_length)
-        return Dataset.from_dict({k: enc[k] for k in MODEL_INPUTS if k in enc} | {"labels": list(split[LABEL])})
+        """One row per text. Pairs: the two sentences of pair i are rows 2i and 2i+1, both with the
+        pair's score; retrieval: queries and documents, with the passage group and the role."""
+        if ed.PAIR in split.column_names:
+            texts = [t for pair in zip(split[TEXT], split[ed.PAIR], strict=True) for t in pair]
+            labels = [s for s in split[ed.SCORE] for _ in (0, 1)]
+        else:
+            texts, labels = list(split[TEXT]), list(split[LABEL])
+        enc = tokenizer(texts, truncation=True, max_length=self.cfg.data.max_length)
+        extra = {ed.ROLE: list(split[ed.ROLE])} if ed.ROLE in split.column_names else {}
+        return Dataset.from_dict({k: enc[k] for k in MODEL_INPUTS if k in enc} | {"labels": labels} | extra)
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)
@@ -91,7 +160,16 @@ class SentenceEmbedding(Task):
 
     # -- metrics -------------------------------------------------------------------------------
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
-        return label_retrieval_metrics(np.stack(rows), np.asarray(features["labels"]), self.k)
+        roles = features[ed.ROLE] if ed.ROLE in features.column_names else None
+        return self.vector_metrics(np.stack(rows), np.asarray(features["labels"]), roles)
+
+    def vector_metrics(self, vectors: np.ndarray, labels: np.ndarray, roles=None) -> dict[str, float]:
+        """The task's metrics from one vector per feature row (see `features` for the layouts)."""
+        if self.kind == "pairs":
+            return pair_metrics(vectors, labels)
+        if self.kind == "retrieval":
+            return passage_retrieval_metrics(vectors, labels, np.asarray(roles), self.k)
+        return label_retrieval_metrics(vectors, labels, self.k)
 
     def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
         return embedding_agreement(np.stack(reference), np.stack(rows), self.k)
@@ -128,14 +206,16 @@ class SentenceEmbedding(Task):
         teacher's embedding of each text as a column, computed once on the teacher's pieces.
         Augmented / unlabelled texts join train: they need no label."""
         extra, info = [], None
+        train_texts = list(dict.fromkeys(self.texts(raw["train"])))  # each sentence once
         if self.cfg.distill.augment.enabled:
-            extra, info = augmentation_texts(ctx, list(raw["train"][TEXT]), teacher_tokenizer.mask_token)
+            extra, info = augmentation_texts(ctx, train_texts, teacher_tokenizer.mask_token)
         out = DatasetDict()
         for name, split in raw.items():
-            texts, labels = list(split[TEXT]), list(split[LABEL])
-            if name == "train":
-                texts, labels = texts + extra, labels + [IGNORE_LABEL] * len(extra)
-            plain = Dataset.from_dict({TEXT: texts, LABEL: labels})
+            if name == "train":  # no label is needed: the target is the teacher's embedding
+                texts = train_texts + extra
+                plain = Dataset.from_dict({TEXT: texts, LABEL: [IGNORE_LABEL] * len(texts)})
+            else:
+                plain = split
             out[name] = self.features(plain, student_tokenizer)
             if precompute:
                 targets = embed_rows(teacher, self.features(plain, teacher_tokenizer), teacher_tokenizer,
@@ -186,8 +266,17 @@ class SentenceEmbedding(Task):
 
     # -- release -------------------------------------------------------------------------------
     def score_bundle(self, model, split: Dataset) -> dict[str, float]:
-        vectors = model.encode(list(split[TEXT]), batch_size=1)
-        return label_retrieval_metrics(vectors, np.asarray(split[LABEL]), self.k)
+        if ed.PAIR in split.column_names:
+            texts = [t for pair in zip(split[TEXT], split[ed.PAIR], strict=True) for t in pair]
+            labels = np.asarray([s for s in split[ed.SCORE] for _ in (0, 1)])
+        else:
+            texts, labels = list(split[TEXT]), np.asarray(split[LABEL])
+        roles = split[ed.ROLE] if ed.ROLE in split.column_names else None
+        return self.vector_metrics(model.encode(texts, batch_size=1), labels, roles)
+
+    def timing_inputs(self, split: Dataset) -> list[Any]:
+        """Real single texts (queries first for retrieval: what a search request embeds)."""
+        return list(split[TEXT])
 
     def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         config = model_config or {}
@@ -215,6 +304,31 @@ def embedding_agreement(reference: np.ndarray, vectors: np.ndarray, k: int) -> d
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
     return {"mean_cosine": float((a * b).sum(1).mean()), f"top{k}_overlap": top_k_overlap(neighbours(a), neighbours(b), k)}
+
+
+def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Rows 2i and 2i+1 are pair i: Spearman and Pearson of their cosine against the gold score
+    (0-1 like every metric here; STS papers print them x100)."""
+    unit = l2_normalize(np.asarray(vectors, dtype=np.float64))
+    cosine = (unit[0::2] * unit[1::2]).sum(1)
+    gold = np.asarray(scores, dtype=np.float64)[0::2]
+    return {"spearman": spearman(cosine, gold), "pearson": float(np.corrcoef(cosine, gold)[0, 1])}
+
+
+def passage_retrieval_metrics(vectors: np.ndarray, groups: np.ndarray, roles: np.ndarray, k: int) -> dict[str, float]:
+    """Query rows (role 0) against document rows (role 1) by dot product; a query's relevant
+    documents are those of its group."""
+    queries, documents = vectors[roles == ed.QUERY], vectors[roles == ed.DOCUMENT]
+    q_groups, d_groups = groups[roles == ed.QUERY], groups[roles == ed.DOCUMENT]
+    depth = min(max(100, k), len(documents))
+    rankings = []
+    for start in range(0, len(queries), 1024):
+        scores = queries[start:start + 1024] @ documents.T
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
+        rankings += [list(d_groups[row]) for row in np.take_along_axis(top, order, axis=1)]
+    judged = retrieval_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
+    return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
 
 
 def load_teacher(cfg, tokenizer) -> SentenceEmbeddingModel:

@@ -1,0 +1,117 @@
+"""Data readers of the sentence-embedding task beyond labelled texts: scored sentence pairs
+(similarity) and questions with the passages that answer them (retrieval).
+
+Pairs: STS Benchmark's files (tab-separated, no header: genre, file, year, id, score, sentence 1,
+sentence 2, and on some lines extra license columns), or any table with two text columns and a
+score. Retrieval: SQuAD-format JSON (data -> paragraphs -> context, qas -> question) read as ReQA
+does: each question's relevant document is the paragraph it was asked about. Articles are split,
+never paragraphs or questions, so no test question's paragraph was a training text of its article.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+
+from pipeline.stage import StageError
+
+TEXT, PAIR, SCORE = "text", "text_pair", "label"
+GROUP, ROLE = "label", "role"  # retrieval rows: the paragraph a text belongs to; query (0) or document (1)
+QUERY, DOCUMENT = 0, 1
+
+
+def read_sts(path: Path) -> pd.DataFrame:
+    """STS Benchmark's TSV: score in column 4, the sentences in 5 and 6 (quoting off: sentences
+    hold quote marks); lines with fewer than 7 columns are reported."""
+    rows, bad = [], []
+    with Path(path).open(encoding="utf-8") as fh:
+        for number, parts in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if len(parts) < 7:
+                bad.append(number)
+                continue
+            try:
+                rows.append((parts[5], parts[6], float(parts[4])))
+            except ValueError:
+                bad.append(number)
+    if bad:
+        raise StageError(f"{path}: line(s) {bad[:5]} are not STS Benchmark rows (genre, file, year, id, "
+                         "score, sentence 1, sentence 2, tab-separated); for another layout use "
+                         "data.file_format: table with data.text_column / text_pair_column / label_column")
+    if not rows:
+        raise StageError(f"{path} has no sentence pairs")
+    return pd.DataFrame(rows, columns=[TEXT, PAIR, SCORE])
+
+
+def pairs_split(frame: pd.DataFrame) -> Dataset:
+    frame = frame.dropna()
+    frame = frame[(frame[TEXT].str.strip() != "") & (frame[PAIR].str.strip() != "")]
+    return Dataset.from_dict({TEXT: frame[TEXT].astype(str).tolist(), PAIR: frame[PAIR].astype(str).tolist(),
+                              SCORE: frame[SCORE].astype(float).tolist()})
+
+
+def read_squad(path: Path) -> list[dict]:
+    """Articles as [{"title", "paragraphs": [{"context", "questions": [str]}]}]."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path} is not SQuAD-format JSON ({exc}): expected data -> paragraphs -> "
+                         "context and qas -> question") from None
+    articles = []
+    for article in data:
+        paragraphs = [{"context": p["context"], "questions": [q["question"] for q in p.get("qas", [])]}
+                      for p in article.get("paragraphs", [])]
+        articles.append({"title": article.get("title", ""), "paragraphs": paragraphs})
+    return articles
+
+
+def retrieval_splits(articles: list[dict], every: int, validation_share: float, seed: int,
+                     queries: str = "test-articles") -> tuple[DatasetDict, dict]:
+    """ReQA-style splits. Articles whose index % every == every - 1 are test articles (SQuAD dev
+    with every=3: 16 test, 32 train articles); validation is a seeded share of the train articles.
+    The corpus of every evaluation split is all paragraphs (documents never seen as relevant in
+    training still compete). Test queries: the test articles' questions, or every question
+    (queries="all": the train articles' questions were distillation inputs, without labels).
+    Train: the train articles' paragraphs and questions (distillation texts)."""
+    import random
+
+    order = [i for i in range(len(articles)) if i % every != every - 1]
+    rng = random.Random(seed)
+    shuffled = order[:]
+    rng.shuffle(shuffled)
+    n_val = max(1, round(validation_share * len(order)))
+    validation_ids = set(shuffled[:n_val])
+    test_ids = {i for i in range(len(articles)) if i % every == every - 1}
+    documents: list[tuple[str, int]] = []
+    questions: dict[str, list[tuple[str, int]]] = {"train": [], "validation": [], "test": []}
+    train_docs: list[str] = []
+    for index, article in enumerate(articles):
+        part = "test" if index in test_ids else "validation" if index in validation_ids else "train"
+        for paragraph in article["paragraphs"]:
+            group = len(documents)
+            documents.append((paragraph["context"], group))
+            questions[part] += [(q, group) for q in paragraph["questions"]]
+            if part == "train":
+                train_docs.append(paragraph["context"])
+    if not questions["test"] or not documents:
+        raise StageError("the SQuAD file has no test-article questions: it needs at least "
+                         f"{every} articles (data.squad_every)")
+    test_queries = questions["test"] if queries == "test-articles" else [
+        q for part in ("train", "validation", "test") for q in questions[part]]
+
+    def evaluation(queries_: list[tuple[str, int]]) -> Dataset:
+        rows = [(t, g, QUERY) for t, g in queries_] + [(t, g, DOCUMENT) for t, g in documents]
+        return Dataset.from_dict({TEXT: [r[0] for r in rows], GROUP: [r[1] for r in rows], ROLE: [r[2] for r in rows]})
+
+    train_texts = [q for q, _ in questions["train"]] + train_docs
+    splits = DatasetDict(
+        train=Dataset.from_dict({TEXT: train_texts, GROUP: [-1] * len(train_texts), ROLE: [QUERY] * len(train_texts)}),
+        validation=evaluation(questions["validation"]), test=evaluation(test_queries))
+    report = {"articles": {"train": len(order) - n_val, "validation": n_val, "test": len(test_ids)},
+              "documents": len(documents), "queries": {"validation": len(questions["validation"]),
+                                                      "test": len(test_queries)},
+              "test_queries": queries, "train_texts": len(train_texts)}
+    return splits, report
