@@ -28,7 +28,7 @@ BP := $(VENV)/bin/bertpress
 ARGS := --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 # NPROC=2: one process per rank under torchrun (DDP; rank 0 writes and logs).
 LAUNCH := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m pipeline.cli,$(BP))
-STAGES := data finetune baseline search distill export quantize benchmark release
+STAGES := data finetune baseline static search distill export quantize benchmark release
 
 .PHONY: setup run all $(STAGES) promote retrain serve mlflow-server runtime-venv status validate test test-slow lint ui clean lock
 

@@ -47,9 +47,11 @@ class Document:
 
 def bundle_identity(model) -> dict[str, str]:
     """Name and content hashes of the files that decide a bundle's vectors."""
+    from bertpress.static import STATIC_FILE
+
     sums = bundle_format.read_checksums(model.path)
     return {"name": str(model.metadata.get("name", model.path.name)), "path": str(model.path.resolve()),
-            "model_sha256": sums.get(bundle_format.MODEL_FILE, ""),
+            "model_sha256": sums.get(bundle_format.MODEL_FILE, sums.get(STATIC_FILE, "")),
             "tokenizer_sha256": sums.get(bundle_format.TOKENIZER_FILE, ""),
             "embedding": model.embedding_name}
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from bertpress import bundle as bundle_format
@@ -94,6 +93,8 @@ def resolve_source(source: str | Path, cache_dir: Path | None = None,
 
 def available_providers(device: str = "auto") -> list[str]:
     """CUDA when onnxruntime-gpu sees a GPU and device allows it; CPU always."""
+    import onnxruntime as ort  # imported where a session is made: a static bundle needs none
+
     chosen = []
     if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         chosen.append("CUDAExecutionProvider")
@@ -122,6 +123,16 @@ class Model:
         self.pad_token = self.metadata.get("pad_token", "[PAD]")
         self.pad_id = self.tokenizer.token_to_id(self.pad_token) or 0
         self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token)
+        self.static = None
+        if self.metadata.get("static"):  # a Model2Vec tier: numpy only, no session
+            from bertpress.static import StaticVectors
+
+            self.static = StaticVectors(self.path, self.metadata["static"], bundle_format.TOKENIZER_FILE)
+            self.session, self._inputs = None, set()
+            self.head = head_for(self)
+            return
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -177,6 +188,8 @@ class Model:
     def run(self, texts: Sequence[Any], outputs: Sequence[str], batch_size: int = 32
             ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]]:
         """Raw model outputs per batch: (indices into texts, {output: array}, attention mask)."""
+        if self.session is None:
+            raise BundleError("this is a static (Model2Vec) bundle: it has no graph outputs; use Model.encode")
         for idx, batch in self._batches(texts, batch_size):
             feed = self._encode(batch)
             values = self.session.run(list(outputs), feed)
@@ -225,6 +238,8 @@ class Model:
         cosine). A sentence-embedding bundle computes it inside its ONNX graph (pooling and
         normalisation included; its `sentence_embedding` metadata names the output); any other
         bundle gives the attention-masked mean of its last layer (sentence-transformers' mean pooling)."""
+        if self.static is not None:
+            return self.static.encode(check_texts(texts))
         spec = self.metadata.get("sentence_embedding")
         if not spec:
             return self.embed(texts, kind="mean", batch_size=batch_size, normalize=True).astype(np.float32)
@@ -240,6 +255,8 @@ class Model:
     def embedding_name(self) -> str:
         """What `encode` returns, recorded by anything that must not mix embeddings (an index)."""
         spec = self.metadata.get("sentence_embedding")
+        if self.static is not None:
+            return "static token vectors (Model2Vec), mean, L2-normalized"
         return f"output {spec['output']!r} of the graph" if spec else "mean of the last layer, L2-normalized"
 
 

@@ -135,7 +135,7 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
         keys = ("name", "task", "labels", "max_length", "truncation", "outputs", "variant",
                 "architecture", "metrics", "provenance", "text_pair", "aggregation", "stride")
         return {k: model.metadata.get(k) for k in keys} | {
-            "version": version, "limits": asdict(limits), "providers": model.session.get_providers(),
+            "version": version, "limits": asdict(limits), "providers": model.session.get_providers() if model.session else ["numpy"],
             "index": index and {"documents": len(index), "kind": index.meta["kind"], "dim": index.meta["dim"]}}
 
     @app.post("/predict")

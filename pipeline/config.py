@@ -652,6 +652,18 @@ class GatesConfig(_Section):
     latency_rounds: int = Field(3, ge=1, description="Interleaved timing rounds per model.")
 
 
+class StaticConfig(_Section):
+    """Sentence embeddings: a Model2Vec static student distilled from the teacher (model2vec): one
+    vector per token, a sentence the mean of its tokens; benchmarked beside the others and released
+    as its own bundle (numpy + tokenizers only)."""
+
+    enabled: bool = False
+    pca_dims: int | None = Field(256, ge=2, description="PCA dimensions of the token vectors (at most the "
+                                 "teacher's hidden size); null keeps the teacher's width.")
+    sif_coefficient: float | None = Field(1e-4, gt=0, lt=1, description="SIF weighting of frequent tokens "
+                                          "(model2vec's default); null: no weighting.")
+
+
 class PipelineConfig(_Section):
     project: ProjectConfig = Field(default_factory=ProjectConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -660,6 +672,7 @@ class PipelineConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    static: StaticConfig = Field(default_factory=StaticConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
@@ -704,6 +717,9 @@ class PipelineConfig(_Section):
                              f"{self.task.type}; set task.type: {fix} or pick another data.builtin")
         if self.task.type == "sentence-embedding":
             self._sentence_embedding_needs()
+        elif self.static.enabled:
+            raise ValueError("static.enabled: a static (Model2Vec) student embeds sentences; it needs "
+                             "task.type: sentence-embedding")
         elif data.file_format != "table":
             raise ValueError(f"data.file_format: {data.file_format} is read by task.type: sentence-embedding; "
                              "other tasks read tables (data.file_format: table)")

@@ -129,6 +129,31 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[
     return result
 
 
+def measure_static(folder: Path, test, texts: list, bcfg, task: Task, log) -> tuple[dict, list[np.ndarray]]:
+    """A static (Model2Vec) model through bertpress.static, as its bundle runs: metrics, batch-1
+    latency per real text and throughput on real texts, tokenization included (it is most of the
+    work); no padded-length timings (it reads texts, not ids)."""
+    import json
+
+    from bertpress.static import STATIC_FILE, StaticVectors
+
+    encoder = StaticVectors(folder, json.loads((folder / "static.json").read_text()), "tokenizer.json")
+    row_texts = task.rows_of(test)[0]
+    vectors = encoder.encode(row_texts)
+    result: dict = task.score_vectors(lambda _: vectors, test)
+    cursor = iter(range(10**9))
+    ms = time_calls(lambda: encoder.encode([texts[next(cursor) % len(texts)]]), bcfg.warmup, bcfg.iterations)
+    result |= {"runtime": "numpy (bertpress.static)", "size_mb": file_mb(folder / STATIC_FILE), "path": str(folder),
+               "latency_real": latency_stats(ms), "by_length": {}, "throughput_real": {}}
+    for size in bcfg.real_batch_sizes:
+        batch = (texts * size)[:size]
+        result["throughput_real"][str(size)] = size / (np.median(time_calls(
+            lambda b=batch: encoder.encode(b), 1, bcfg.throughput_iterations)) / 1000.0)
+    log.info("%-22s %s %.4f  p50 %.3f ms (real, tokenization included)  %.1f MB", "static-model2vec",
+             task.primary_metric, result[task.primary_metric], result["latency_real"]["p50_ms"], result["size_mb"])
+    return result, list(vectors)
+
+
 def markdown_table(results: dict[str, dict], bcfg, baseline: str, metric_labels: dict[str, str]) -> str:
     lengths = [str(n) for n in bcfg.seq_lengths]
     head = ["variant", "runtime", *(f"test {label}" for label in metric_labels.values()),
@@ -142,8 +167,8 @@ def markdown_table(results: dict[str, dict], bcfg, baseline: str, metric_labels:
     for name, r in results.items():
         cells = [name, r["runtime"], *(f"{r[m]:.4f}" for m in metric_labels),
                  f"{r['latency_real']['p50_ms']:.2f}", f"{r['latency_real']['p99_ms']:.2f}"]
-        cells += [f"{r['by_length'][n]['p50_ms']:.2f}" for n in lengths]
-        cells += [f"{r['by_length'][n]['throughput_per_s']:.0f}" for n in lengths]
+        cells += [f"{r['by_length'][n]['p50_ms']:.2f}" if n in r["by_length"] else "n/a" for n in lengths]
+        cells += [f"{r['by_length'][n]['throughput_per_s']:.0f}" if n in r["by_length"] else "n/a" for n in lengths]
         cells += [f"{r['throughput_real'][str(n)]:.0f}" for n in bcfg.real_batch_sizes]
         speed = f"{base_p50 / r['latency_real']['p50_ms']:.1f}x" if base_p50 else "n/a"
         cells += [f"{r['size_mb']:.1f}", speed]
@@ -285,7 +310,14 @@ def run(ctx: StageContext) -> StageResult:
         results[name] = measure(variant, test, texts, bcfg, task, ctx.log)
         results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
         del variant
-    rows = {name: r.pop("_rows") for name, r in results.items()}
+    if ctx.has("static_model"):  # the Model2Vec tier: texts in, vectors out, numpy only
+        before = rss_mb()
+        results["static-model2vec"], static_rows = measure_static(ctx.path("static_model"), test, texts, bcfg,
+                                                                  task, ctx.log)
+        results["static-model2vec"]["memory_mb"] = rss_mb() - before
+    rows = {name: r.pop("_rows") for name, r in results.items() if "_rows" in r}
+    if "static-model2vec" in results:
+        rows["static-model2vec"] = static_rows
     reference = "teacher-pytorch" if "teacher-pytorch" in rows else "teacher-onnx"
     agreement = {name: task.compare_rows(rows[reference], r) for name, r in rows.items()}
     for name, compared in agreement.items():
@@ -357,10 +389,11 @@ def agreement_markdown(results: dict[str, dict], reference: str) -> str:
     rows = {n: r["agreement_with_teacher"] for n, r in results.items() if "agreement_with_teacher" in r}
     if not rows:
         return ""
-    keys = list(next(iter(rows.values())))
+    keys = list(dict.fromkeys(k for v in rows.values() for k in v))
     lines = [f"\n## Agreement with {reference} (same test texts)\n", "| variant | " + " | ".join(keys) + " |",
              "|---|" + "---|" * len(keys)]
-    lines += [f"| {n} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |" for n, v in rows.items()]
+    lines += [f"| {n} | " + " | ".join(f"{v[k]:.4f}" if k in v else "n/a" for k in keys) + " |"
+              for n, v in rows.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ from stages.tasks import get_task
 from stages.tasks.base import Task
 
 CANDIDATE_ALIAS = "candidate"
+STATIC_BUNDLE = "bundle-static"
 
 
 def model_source(ctx: StageContext) -> tuple[Path, Path]:
@@ -215,6 +216,20 @@ def run(ctx: StageContext) -> StageResult:
                "release/model_size_mb": (bundle_dir / bundle_format.MODEL_FILE).stat().st_size / 1e6}
     info: dict[str, Any] = {"bundle": metadata}
 
+    if ctx.has("static_model"):
+        static_dir = ctx.out / STATIC_BUNDLE
+        static_meta = write_static_bundle(ctx, task, static_dir)
+        static_score = task.score_bundle(Model(static_dir), test)[primary]
+        bench_static = static_meta["metrics"][f"test_{primary}"]
+        if abs(static_score - bench_static) > cfg.release.max_runtime_metric_gap:
+            raise StageError(f"the static bundle scores {primary} {static_score:.4f} through bertpress.runtime "
+                             f"but {bench_static:.4f} in the benchmark: report this as a bug")
+        metrics[f"release/static_runtime_test_{primary}"] = static_score
+        info["static_bundle"] = str(static_dir)
+        ctx.tracker.log_artifact(static_dir, STATIC_BUNDLE)
+        ctx.log.info("static bundle %s: test %s %.4f through the runtime (numpy only)", static_dir, primary,
+                     static_score)
+
     ctx.tracker.log_artifact(bundle_dir, BUNDLE_ARTIFACT_PATH)
     if cfg.release.register_model:
         name = cfg.registered_model_name
@@ -232,7 +247,51 @@ def run(ctx: StageContext) -> StageResult:
         info["registered_model"] = {"name": name, "version": version, "alias": CANDIDATE_ALIAS,
                                     "tracking_uri": ctx.tracker.tracking_uri, "run_id": run_id}
         metrics["release/model_version"] = float(version)
-    return StageResult(metrics=metrics, outputs={"bundle": BUNDLE_ARTIFACT_PATH}, info=info)
+    outputs = {"bundle": BUNDLE_ARTIFACT_PATH} | ({"static_bundle": STATIC_BUNDLE} if "static_bundle" in info else {})
+    return StageResult(metrics=metrics, outputs=outputs, info=info)
+
+
+def write_static_bundle(ctx: StageContext, task: Task, target: Path) -> dict[str, Any]:
+    """The Model2Vec tier as a bundle the runtime serves with numpy and tokenizers alone."""
+    from bertpress.static import STATIC_FILE
+
+    source = ctx.path("static_model")
+    target.mkdir(parents=True)
+    shutil.copy2(source / STATIC_FILE, target / STATIC_FILE)
+    shutil.copy2(source / "tokenizer.json", target / bundle_format.TOKENIZER_FILE)
+    settings = json.loads((source / "static.json").read_text())
+    measured = ctx.read_json("benchmark_report")["variants"]["static-model2vec"]
+    cfg = ctx.cfg
+    metadata = {
+        "format": bundle_format.FORMAT, "name": f"{cfg.registered_model_name}-static", "task": task.name,
+        "labels": [], "max_length": cfg.data.max_length, "outputs": [], "variant": "static-model2vec",
+        "static": settings,
+        "sentence_embedding": {"output": None, "dim": settings["dim"], "pooling": "mean of static token vectors",
+                               "normalized": settings["normalize"]},
+        "metrics": {"primary": task.primary_metric, **{f"test_{m}": measured.get(m) for m in task.metric_labels},
+                    "latency_p50_ms": measured["latency_real"]["p50_ms"], "size_mb": measured["size_mb"]},
+        "provenance": {"bertpress_version": __version__, "project": cfg.project.name,
+                       "stage_keys": {name: art.key for name, art in ctx.inputs.items()},
+                       "made_with": "model2vec (static token vectors distilled from the teacher)",
+                       "created_unix": int(time.time())},
+    }
+    save_json(target / bundle_format.METADATA_FILE, metadata)
+    labels = task.metric_labels
+    (target / bundle_format.CARD_FILE).write_text(f"""# {metadata['name']}
+
+A static sentence encoder (Model2Vec) distilled from `{cfg.teacher.model}` by bertpress: one
+{settings['dim']}-dimensional vector per token; a sentence is the mean of its tokens' vectors
+(L2-normalised: dot product = cosine). No neural network runs at inference: numpy and tokenizers
+only, orders of magnitude faster than the transformer, at a cost in quality.
+
+Test {', '.join(f"{label} {measured[m]:.4f}" for m, label in labels.items())}; batch-1 p50
+{measured['latency_real']['p50_ms']:.3f} ms (tokenization included); {measured['size_mb']:.1f} MB.
+
+    bertpress predict <this directory> "some text"      # {{"embedding": [...]}}
+    bertpress index <this directory> --input corpus.jsonl --out idx/
+""")
+    bundle_format.write_checksums(target)
+    return metadata
 
 
 def vocabulary_note(trim) -> str:

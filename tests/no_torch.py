@@ -23,6 +23,8 @@ class _Block(importlib.abc.MetaPathFinder):
         return None
 
 
+if __import__("os").environ.get("BERTPRESS_BLOCK_ONNXRUNTIME"):  # a static bundle needs numpy only
+    BLOCKED = (*BLOCKED, "onnxruntime")
 sys.meta_path.insert(0, _Block())
 
 if __name__ == "__main__":

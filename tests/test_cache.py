@@ -302,7 +302,7 @@ def test_plan_chained_invalidation(load_tiny) -> None:
     ("override", "expected"),
     [
         ("finetune.learning_rate=2.0e-3",
-         {"finetune", "baseline", "search", "distill", "export", "quantize", "benchmark", "release"}),
+         {"finetune", "baseline", "static", "search", "distill", "export", "quantize", "benchmark", "release"}),
         ("search.proxy_trials=3", set()),  # the search is off in tiny.yaml: its settings are not keyed
         ("data.max_length=16", set(STAGE_NAMES)),
         ("project.seed=1", set(STAGE_NAMES)),

@@ -392,7 +392,7 @@ def test_cli_run_unknown_stage() -> None:
     assert "nosuchstage" in out
     for name in ("all", *STAGE_NAMES):
         assert name in out
-    assert STAGE_NAMES == ("data", "finetune", "baseline", "search", "distill", "export", "quantize",
+    assert STAGE_NAMES == ("data", "finetune", "baseline", "static", "search", "distill", "export", "quantize",
                            "benchmark", "release")
 
 

@@ -5,6 +5,7 @@ and the bundle (predict, index, search) without torch."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -232,3 +233,22 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         assert -1 <= bench["variants"][variant][metric] <= 1
     release = json.loads((Path(rows["release"]["path"]) / "manifest.json").read_text())
     assert f"release/runtime_test_{metric}" in release["metrics"]
+
+
+def test_static_tier_is_benchmarked_and_released_for_numpy_alone(rows, tmp_path):
+    path, m = stage_dir(rows, "static")
+    report = json.loads((path / "static_report.json").read_text())
+    assert report["enabled"] and report["parity_min_cosine"] >= 0.9999  # bertpress.static == model2vec
+    assert report["settings"]["dim"] == 16 and (path / "model2vec").is_dir()
+    bench, _ = stage_dir(rows, "benchmark")
+    static = json.loads((bench / "benchmark.json").read_text())["variants"]["static-model2vec"]
+    assert static["runtime"] == "numpy (bertpress.static)" and 0 <= static["ndcg_at_5"] <= 1
+    assert "mean_cosine" not in static["agreement_with_teacher"]  # another space: neighbours only
+    bundle = Path(rows["release"]["path"]) / "bundle-static"
+    assert {p.name for p in bundle.iterdir()} == {"static.npz", "tokenizer.json", "bundle.json", "README.md",
+                                                 "SHA256SUMS"}
+    out = json.loads(no_torch("predict", str(bundle), "a great film").stdout)
+    assert len(out["embedding"]) == 16 and np.linalg.norm(out["embedding"]) == pytest.approx(1.0, abs=1e-5)
+    blocked = subprocess.run([*NO_TORCH, "predict", str(bundle), "x"], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "BERTPRESS_BLOCK_ONNXRUNTIME": "1"}, timeout=120)
+    assert blocked.returncode == 0, blocked.stderr  # no onnxruntime session either

@@ -265,14 +265,22 @@ class SentenceEmbedding(Task):
         return {"st_min_cosine": float(cosine.min()), "st_mean_cosine": float(cosine.mean())}
 
     # -- release -------------------------------------------------------------------------------
-    def score_bundle(self, model, split: Dataset) -> dict[str, float]:
+    def rows_of(self, split: Dataset) -> tuple[list[str], np.ndarray, list | None]:
+        """Texts, labels and roles in the order of `features` rows (pairs interleaved)."""
         if ed.PAIR in split.column_names:
             texts = [t for pair in zip(split[TEXT], split[ed.PAIR], strict=True) for t in pair]
             labels = np.asarray([s for s in split[ed.SCORE] for _ in (0, 1)])
         else:
             texts, labels = list(split[TEXT]), np.asarray(split[LABEL])
-        roles = split[ed.ROLE] if ed.ROLE in split.column_names else None
-        return self.vector_metrics(model.encode(texts, batch_size=1), labels, roles)
+        return texts, labels, (split[ed.ROLE] if ed.ROLE in split.column_names else None)
+
+    def score_vectors(self, encode, split: Dataset) -> dict[str, float]:
+        """Metrics of any encoder (texts -> vectors) on a split: bundles, the static tier."""
+        texts, labels, roles = self.rows_of(split)
+        return self.vector_metrics(np.asarray(encode(texts)), labels, roles)
+
+    def score_bundle(self, model, split: Dataset) -> dict[str, float]:
+        return self.score_vectors(lambda texts: model.encode(texts, batch_size=1), split)
 
     def timing_inputs(self, split: Dataset) -> list[Any]:
         """Real single texts (queries first for retrieval: what a search request embeds)."""
@@ -293,8 +301,9 @@ def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def embedding_agreement(reference: np.ndarray, vectors: np.ndarray, k: int) -> dict[str, float]:
-    """Mean cosine to the reference's vector of the same text, and the overlap of each text's k
-    nearest neighbours (among the same texts) under the two models."""
+    """Mean cosine to the reference's vector of the same text (same width only: a static model's
+    PCA space is another space), and the overlap of each text's k nearest neighbours (among the same
+    texts) under the two models."""
     a, b = l2_normalize(reference), l2_normalize(vectors)
     k = min(k, len(a) - 1)
 
@@ -303,7 +312,8 @@ def embedding_agreement(reference: np.ndarray, vectors: np.ndarray, k: int) -> d
         np.fill_diagonal(scores, -np.inf)
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
-    return {"mean_cosine": float((a * b).sum(1).mean()), f"top{k}_overlap": top_k_overlap(neighbours(a), neighbours(b), k)}
+    overlap = {f"top{k}_overlap": top_k_overlap(neighbours(a), neighbours(b), k)}
+    return ({"mean_cosine": float((a * b).sum(1).mean())} | overlap) if a.shape == b.shape else overlap
 
 
 def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:
