@@ -97,11 +97,37 @@ def real_batch(tokenizer, texts: list, max_length: int) -> Batch:
     return {k: v.astype(np.int64) for k, v in enc.items() if k in MODEL_INPUTS}
 
 
+def retrieval_timings(encode: Callable[[list[str]], np.ndarray], documents: list[str], queries: list[str],
+                      k: int, iterations: int) -> dict[str, float]:
+    """What a search service costs: building an exact FAISS index of the corpus (every document
+    encoded, in batches) and answering a query (encode it, search the top k), per query."""
+    import time
+
+    import faiss
+
+    start = time.perf_counter()
+    vectors = np.ascontiguousarray(encode(documents), dtype=np.float32)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    build_s = time.perf_counter() - start
+    cursor = iter(range(10**9))
+    ms = time_calls(lambda: index.search(np.ascontiguousarray(encode([queries[next(cursor) % len(queries)]]),
+                                                              dtype=np.float32), k), 2, iterations)
+    stats = latency_stats(ms)
+    return {"documents": float(len(documents)), "index_build_s": build_s, "query_p50_ms": stats["p50_ms"],
+            "query_p99_ms": stats["p99_ms"]}
+
+
 def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
     rows = predict_rows(variant.predict, features, tokenizer)
     result: dict[str, object] = task.metrics(rows, features) | {"_rows": rows}
+    corpus = task.corpus_texts(test)
+    if corpus is not None:  # retrieval: what indexing the corpus and answering a query cost
+        result["retrieval"] = retrieval_timings(
+            lambda batch: np.stack(predict_rows(variant.predict, task.text_features(batch, tokenizer), tokenizer)),
+            corpus[1], corpus[0], task.k, bcfg.iterations)
     result |= {"runtime": variant.runtime, "size_mb": variant.size_mb, "path": str(variant.path)}
     max_length = task.cfg.data.max_length
 
@@ -149,6 +175,9 @@ def measure_static(folder: Path, test, texts: list, bcfg, task: Task, log) -> tu
         batch = (texts * size)[:size]
         result["throughput_real"][str(size)] = size / (np.median(time_calls(
             lambda b=batch: encoder.encode(b), 1, bcfg.throughput_iterations)) / 1000.0)
+    corpus = task.corpus_texts(test)
+    if corpus is not None:
+        result["retrieval"] = retrieval_timings(encoder.encode, corpus[1], corpus[0], task.k, bcfg.iterations)
     log.info("%-22s %s %.4f  p50 %.3f ms (real, tokenization included)  %.1f MB", "static-model2vec",
              task.primary_metric, result[task.primary_metric], result["latency_real"]["p50_ms"], result["size_mb"])
     return result, list(vectors)
@@ -344,7 +373,7 @@ def run(ctx: StageContext) -> StageResult:
               f"({report['threads']} threads, AVX512-VNNI: {report['cpu']['avx512_vnni']}).\n\n")
     isa = ", ".join(f"{k}: {v}" for k, v in report["cpu"].items() if k not in ("model", "cores"))
     pareto = f"\nPareto front ({labels[metric]} vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
-    extra = agreement_markdown(results, reference)
+    extra = agreement_markdown(results, reference) + retrieval_markdown(results)
     extra += f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
     search = ctx.read_json("search_result")
     outputs = {}
@@ -369,6 +398,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics[f"bench/{name}/latency_p99_ms"] = r["latency_real"]["p99_ms"]
         metrics[f"bench/{name}/memory_mb"] = r["memory_mb"]
         metrics |= {f"bench/{name}/teacher_{k}": v for k, v in r.get("agreement_with_teacher", {}).items()}
+        metrics |= {f"bench/{name}/retrieval_{k}": v for k, v in r.get("retrieval", {}).items()}
         for size, per_s in r.get("throughput_real", {}).items():
             metrics[f"bench/{name}/throughput_real_per_s_bs{size}"] = per_s
         for length, stats in r["by_length"].items():
@@ -382,6 +412,19 @@ def run(ctx: StageContext) -> StageResult:
         outputs={"benchmark_report": "benchmark.json", "results_table": "results.md",
                  "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"} | outputs,
     )
+
+
+def retrieval_markdown(results: dict[str, dict]) -> str:
+    rows = {n: r["retrieval"] for n, r in results.items() if "retrieval" in r}
+    if not rows:
+        return ""
+    documents = int(next(iter(rows.values()))["documents"])
+    lines = [f"\n## Retrieval service: exact FAISS index of the {documents} test documents\n",
+             "| variant | index build s (encode all + add) | query p50 ms (encode + top-k) | query p99 ms |",
+             "|---|---|---|---|"]
+    lines += [f"| {n} | {v['index_build_s']:.2f} | {v['query_p50_ms']:.2f} | {v['query_p99_ms']:.2f} |"
+              for n, v in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def agreement_markdown(results: dict[str, dict], reference: str) -> str:

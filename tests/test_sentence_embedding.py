@@ -233,6 +233,11 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         assert -1 <= bench["variants"][variant][metric] <= 1
     release = json.loads((Path(rows["release"]["path"]) / "manifest.json").read_text())
     assert f"release/runtime_test_{metric}" in release["metrics"]
+    if "retrieval" in config:  # the service's costs: index of the corpus, encode + search per query
+        for variant in ("teacher-stock-int8", "student-int8", "static-model2vec"):
+            timing = bench["variants"][variant]["retrieval"]
+            assert timing["documents"] == 18 and timing["index_build_s"] > 0 and timing["query_p50_ms"] > 0
+        assert "## Retrieval service" in (Path(rows["benchmark"]["path"]) / "results.md").read_text()
 
 
 def test_static_tier_is_benchmarked_and_released_for_numpy_alone(rows, tmp_path):

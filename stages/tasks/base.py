@@ -127,6 +127,11 @@ class Task:
         student vs teacher), beyond the metrics; {} when the metrics say it all."""
         return {}
 
+    def corpus_texts(self, split: Dataset) -> tuple[list[str], list[str]] | None:
+        """(queries, documents) of a retrieval split, for the benchmark's index timings; None
+        for tasks that do not retrieve."""
+        return None
+
     def export_checks(self, model_dir, onnx_path, texts: list[str]) -> dict[str, float]:
         """Task-specific checks of an exported graph against the library that defines the model
         (raise StageError on failure); recorded in the export's parity report."""

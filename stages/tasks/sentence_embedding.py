@@ -152,6 +152,18 @@ class SentenceEmbedding(Task):
         extra = {ed.ROLE: list(split[ed.ROLE])} if ed.ROLE in split.column_names else {}
         return Dataset.from_dict({k: enc[k] for k in MODEL_INPUTS if k in enc} | {"labels": labels} | extra)
 
+    def text_features(self, texts: list[str], tokenizer) -> Dataset:
+        """Model inputs of plain texts (no labels needed)."""
+        return self.features(Dataset.from_dict({TEXT: list(texts), LABEL: [0] * len(texts)}), tokenizer)
+
+    def corpus_texts(self, split: Dataset) -> tuple[list[str], list[str]] | None:
+        if self.kind != "retrieval":
+            return None
+        roles = split[ed.ROLE]
+        texts = split[TEXT]
+        return ([t for t, r in zip(texts, roles, strict=True) if r == ed.QUERY],
+                [t for t, r in zip(texts, roles, strict=True) if r == ed.DOCUMENT])
+
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)
 
@@ -254,7 +266,7 @@ class SentenceEmbedding(Task):
         want = st.encode(texts, batch_size=16, convert_to_numpy=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         session = make_session(Path(onnx_path), provider_list=["CPUExecutionProvider"])
-        features = self.features(Dataset.from_dict({TEXT: texts, LABEL: [0] * len(texts)}), tokenizer)
+        features = self.text_features(texts, tokenizer)
         got = np.stack(predict_rows(lambda b: session.run(["logits"], session_feed(session, b))[0],
                                     features, tokenizer))
         cosine = (l2_normalize(got) * l2_normalize(want)).sum(1)
