@@ -66,6 +66,9 @@ class SentenceEmbeddingTask(_Section):
         "Spearman of cosine vs gold score on scored sentence pairs (STS); retrieval: questions against "
         "all passages of a SQuAD-format file, each question's relevant passage the one it was asked "
         "about (ReQA): nDCG@10, MRR@10, Recall@1/10/100.")
+    finetune_teacher: bool = Field(
+        False, description="pairs: fine-tune the teacher on the train pairs first (sentence-transformers' "
+        "CoSENTLoss, the finetune section's epochs / batch size / learning rate); false: use it as it is.")
     test_queries: Literal["test-articles", "all"] = Field(
         "test-articles", description="retrieval: the test queries are the test articles' questions, or "
         "every question of the file (the train articles' questions were then distillation inputs, "
@@ -756,6 +759,8 @@ class PipelineConfig(_Section):
         if evaluation == "pairs" and not (data.file_format == "sts" or data.text_pair_column):
             raise ValueError("task.evaluation: pairs needs sentence pairs with a score: data.file_format: sts "
                              "(STS Benchmark files), or data.text_pair_column (+ data.label_column = the score)")
+        if self.task.finetune_teacher and evaluation != "pairs":
+            raise ValueError("task.finetune_teacher trains on scored pairs: it needs task.evaluation: pairs")
         if evaluation == "retrieval" and not (data.source == "files" and data.file_format == "squad"):
             raise ValueError("task.evaluation: retrieval reads a SQuAD-format file: data.source: files, "
                              "data.file_format: squad, data.files.train: <file.json>")

@@ -188,12 +188,16 @@ class SentenceEmbedding(Task):
 
     # -- teacher -------------------------------------------------------------------------------
     def finetune_stage(self, ctx: StageContext) -> StageResult:
-        """The teacher as it is: read (sentence-transformers), saved as one module, scored."""
+        """The teacher read with sentence-transformers, used as it is or fine-tuned on the train
+        pairs (task.finetune_teacher), saved as one module and scored."""
         cfg = ctx.cfg
         tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
         teacher = load_teacher(cfg, tokenizer)
-        raw = {name: split for name, split in _load(ctx).items() if name in ("validation", "test")}
+        splits = _load(ctx)
+        raw = {name: split for name, split in splits.items() if name in ("validation", "test")}
         metrics: dict[str, float] = {}
+        if cfg.task.finetune_teacher:
+            teacher, metrics = finetune_on_pairs(ctx, self, teacher, tokenizer, splits)
         for split, prefix in (("validation", "eval"), ("test", "test")):
             features = self.features(raw[split], tokenizer)
             rows = embed_rows(teacher, features, tokenizer)
@@ -201,9 +205,10 @@ class SentenceEmbedding(Task):
         metrics |= self.save_model(teacher, tokenizer, ctx.out / "model")
         metrics |= {"train/steps": 0.0}
         save_json(ctx.out / "metrics.json", metrics)
-        ctx.log.info("teacher %s (%s pooling, %s): test %s %.4f (used as it is, not fine-tuned)",
+        ctx.log.info("teacher %s (%s pooling, %s): test %s %.4f (%s)",
                      cfg.teacher.model, teacher.pooling, "normalised" if teacher.normalize else "not normalised",
-                     self.primary_metric, metrics[f"test/{self.primary_metric}"])
+                     self.primary_metric, metrics[f"test/{self.primary_metric}"],
+                     "fine-tuned on the train pairs" if cfg.task.finetune_teacher else "used as it is, not fine-tuned")
         return StageResult(metrics=metrics, outputs={"teacher_model": "model", "teacher_metrics": "metrics.json"})
 
     def save_model(self, model, tokenizer, out) -> dict[str, float]:
@@ -351,6 +356,55 @@ def passage_retrieval_metrics(vectors: np.ndarray, groups: np.ndarray, roles: np
         rankings += [list(d_groups[row]) for row in np.take_along_axis(top, order, axis=1)]
     judged = retrieval_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
     return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
+
+
+def finetune_on_pairs(ctx: StageContext, task: SentenceEmbedding, teacher, tokenizer, splits: DatasetDict):
+    """sentence-transformers' own recipe: CoSENTLoss on the train pairs (scores scaled to 0-1),
+    through its trainer; its EmbeddingSimilarityEvaluator scores validation before and after, and
+    must agree with this task's Spearman (one definition of the metric)."""
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+
+    cfg, fcfg = ctx.cfg, ctx.cfg.finetune
+    start_dir, tuned_dir = ctx.scratch / "teacher-before", ctx.scratch / "teacher-tuned"
+    task.save_model(teacher, tokenizer, start_dir)
+    st = SentenceTransformer(str(start_dir), device="cpu")
+    train, validation = splits["train"], splits["validation"]
+    scores = np.asarray(train[ed.SCORE], dtype=np.float64)
+    low, high = float(scores.min()), float(scores.max())
+
+    def scaled(values) -> list[float]:
+        return [(float(v) - low) / max(high - low, 1e-9) for v in values]
+
+    evaluator = EmbeddingSimilarityEvaluator(list(validation[TEXT]), list(validation[ed.PAIR]),
+                                             scaled(validation[ed.SCORE]), name="validation", write_csv=False)
+    before = evaluator(st)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ctx.scratch / "st-checkpoints"), num_train_epochs=fcfg.epochs, max_steps=fcfg.max_steps,
+        per_device_train_batch_size=fcfg.batch_size, learning_rate=fcfg.learning_rate,
+        warmup_ratio=fcfg.warmup_ratio, weight_decay=fcfg.weight_decay, seed=cfg.project.seed,
+        save_strategy="no", report_to=[], logging_steps=fcfg.logging_steps, use_cpu=True)
+    pairs = Dataset.from_dict({"sentence1": list(train[TEXT]), "sentence2": list(train[ed.PAIR]),
+                               "score": scaled(train[ed.SCORE])})
+    SentenceTransformerTrainer(model=st, args=args, train_dataset=pairs, loss=losses.CoSENTLoss(st)).train()
+    after = evaluator(st)
+    st.save(str(tuned_dir))
+    tuned = load_sentence_model(tuned_dir, teacher.pooling, teacher.normalize)
+    ours = task.score_vectors(lambda texts: np.stack(embed_rows(tuned, task.text_features(texts, tokenizer),
+                                                                tokenizer)), validation)["spearman"]
+    theirs = float(after["validation_spearman_cosine"])
+    if abs(ours - theirs) > 1e-3:
+        raise StageError(f"this task's Spearman ({ours:.5f}) and sentence-transformers' evaluator ({theirs:.5f}) "
+                         "disagree on the same validation pairs: report this as a bug")
+    ctx.log.info("teacher fine-tuned on %d train pairs (CoSENTLoss): validation Spearman %.4f -> %.4f",
+                 len(train), before["validation_spearman_cosine"], theirs)
+    return tuned, {"finetune/validation_spearman_before": float(before["validation_spearman_cosine"]),
+                   "finetune/validation_spearman_after": theirs}
 
 
 def load_teacher(cfg, tokenizer) -> SentenceEmbeddingModel:
