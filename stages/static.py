@@ -42,15 +42,16 @@ def run(ctx: StageContext) -> StageResult:
     teacher_dir = ctx.path("teacher_model")
     ctx.log.info("Model2Vec: distilling static token vectors from %s (PCA %s)", teacher_dir, scfg.pca_dims)
     try:
+        # float16 vectors (model2vec's default): half the size, no measurable loss.
         model = distill(model_name=str(teacher_dir), pca_dims=scfg.pca_dims, sif_coefficient=scfg.sif_coefficient,
-                        device="cpu", quantize_to="float32")
+                        device="cpu", quantize_to="float16")
     except ValueError as exc:  # e.g. more PCA dimensions than the teacher has
         raise StageError(f"model2vec could not distill {teacher_dir}: {exc}; check static.pca_dims "
                          "(at most the teacher's hidden size)") from None
     model.save_pretrained(str(ctx.out / "model2vec"))
     files = ctx.out / "static"
     files.mkdir()
-    arrays = {"embeddings": np.asarray(model.embedding, dtype=np.float32)}
+    arrays = {"embeddings": np.asarray(model.embedding, dtype=np.float16)}
     if model.weights is not None:
         arrays["weights"] = np.asarray(model.weights, dtype=np.float32)
     if model.token_mapping is not None:

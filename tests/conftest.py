@@ -120,6 +120,40 @@ def tiny_ner_bundle(tiny_ner_run) -> Path:
     return Path(cli_status(tiny_ner_run, config=TINY_NER)["release"]["path"]) / "bundle"
 
 
+TINY_EMBEDDINGS = "configs/tiny-embeddings.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_embeddings_run(tmp_path_factory) -> Path:
+    """configs/tiny-embeddings.yaml (sentence embeddings + the static tier) through every stage once."""
+    root = tmp_path_factory.mktemp("tiny-embeddings")
+    run_cli("run", "all", root=root, config=TINY_EMBEDDINGS)
+    return root
+
+
+def assert_rerun_is_all_cache_hits(root: Path, config: str, experiment_name: str, rows: dict[str, dict]) -> None:
+    """`run all` again: every stage's MLflow child run is tagged cached, and nothing moved."""
+    from mlflow import MlflowClient
+
+    from pipeline.registry import STAGE_NAMES
+
+    run_cli("run", "all", root=root, config=config)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGE_NAMES)
+    assert {r.data.tags["cached"] for r in children} == {"true"}
+    assert cli_status(root, config=config) == rows
+
+
+def stage_manifest(rows: dict[str, dict], stage: str) -> tuple[Path, dict]:
+    """A stage's output directory (from `bertpress status --json` rows) and its manifest."""
+    path = Path(rows[stage]["path"])
+    return path, json.loads((path / "manifest.json").read_text())
+
+
 # -- hand-made bundles ----------------------------------------------------------------------------
 def write_bundle(target: Path, onnx_path: Path, tokenizer_json: Path, outputs: list[str],
                  labels=("neg", "pos"), max_length: int = 24, name: str = "t") -> Path:

@@ -14,11 +14,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import TINY_NER, cli_status, free_port, run_cli, wait_until_serving
+from conftest import (
+    TINY_NER,
+    assert_rerun_is_all_cache_hits,
+    cli_status,
+    free_port,
+    run_cli,
+    wait_until_serving,
+)
 from conftest import http_call as post
-from pipeline.registry import STAGE_NAMES
+from conftest import stage_manifest as manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = [sys.executable, str(ROOT / "tests" / "no_torch.py")]
@@ -28,11 +34,6 @@ LABELS = ["O", "B-location", "I-location", "B-organization", "I-organization", "
 @pytest.fixture(scope="module")
 def rows(tiny_ner_run) -> dict[str, dict]:
     return cli_status(tiny_ner_run, config=TINY_NER)
-
-
-def manifest(rows, stage: str) -> tuple[Path, dict]:
-    path = Path(rows[stage]["path"])
-    return path, json.loads((path / "manifest.json").read_text())
 
 
 def test_data_stage_normalises_tags_and_counts_windows(rows):
@@ -98,15 +99,7 @@ def test_benchmark_has_the_stock_token_classifier_and_entity_metrics(rows):
 
 
 def test_second_run_is_all_cache_hits(tiny_ner_run, rows):
-    run_cli("run", "all", root=tiny_ner_run, config=TINY_NER)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_ner_run / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("bertpress-tiny-ner")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGE_NAMES)
-    assert {r.data.tags["cached"] for r in children} == {"true"}
-    assert cli_status(tiny_ner_run, config=TINY_NER) == rows
+    assert_rerun_is_all_cache_hits(tiny_ner_run, TINY_NER, "bertpress-tiny-ner", rows)
 
 
 def no_torch(*args: str) -> list[dict]:

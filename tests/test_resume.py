@@ -17,9 +17,9 @@ from safetensors.numpy import load_file
 from conftest import CLI, REPO_ROOT, cli_status, run_cli
 
 TRAIN = {
-    "finetune": ("--set", "finetune.epochs=12", "--set", "finetune.checkpoint_steps=20"),
+    "finetune": ("--set", "finetune.epochs=6", "--set", "finetune.checkpoint_steps=20"),
     # A narrower student: the hidden-state loss trains a projection, which must be resumed too.
-    "distill": ("--set", "distill.epochs=10", "--set", "distill.checkpoint_steps=20",
+    "distill": ("--set", "distill.epochs=5", "--set", "distill.checkpoint_steps=20",
                 "--set", "distill.student.hidden_size=16", "--set", "distill.student.num_attention_heads=2",
                 "--set", "distill.student.intermediate_size=32"),
 }
@@ -76,7 +76,7 @@ def test_kill_9_during_training_resumes_and_matches_an_uninterrupted_run(tmp_pat
     start = time.monotonic()
     proc = subprocess.Popen(cli_args(broken, "run", stage, *train), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    kill_when(proc, lambda: any(step >= 100 for step in checkpoints(scratch)))
+    kill_when(proc, lambda: any(step >= 60 for step in checkpoints(scratch)))
     killed_at = max(checkpoints(scratch))
     assert not finished(broken, stage)  # nothing that looks done
     resumed = run_cli("run", stage, *train, root=broken)

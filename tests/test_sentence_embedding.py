@@ -15,38 +15,30 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from mlflow import MlflowClient
 
-from conftest import cli_status, run_cli
+from conftest import (
+    TINY_EMBEDDINGS,
+    assert_rerun_is_all_cache_hits,
+    cli_status,
+    run_cli,
+    stage_manifest,
+)
 from pipeline.config import ConfigError, load_config
-from pipeline.registry import STAGE_NAMES
 from stages._sentence import SentenceEmbeddingModel, load_sentence_model, pool
 from stages.tasks.sentence_embedding import embedding_agreement, embedding_mse
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = [sys.executable, str(ROOT / "tests" / "no_torch.py")]
-TINY_EMB = "configs/tiny-embeddings.yaml"
+TINY_EMB = TINY_EMBEDDINGS
 
 
 @pytest.fixture(scope="module")
-def emb_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-embeddings")
-    run_cli("run", "all", root=root, config=TINY_EMB)
-    return root
-
-
-@pytest.fixture(scope="module")
-def rows(emb_run) -> dict[str, dict]:
-    return cli_status(emb_run, config=TINY_EMB)
-
-
-def stage_dir(rows, stage: str) -> tuple[Path, dict]:
-    path = Path(rows[stage]["path"])
-    return path, json.loads((path / "manifest.json").read_text())
+def rows(tiny_embeddings_run) -> dict[str, dict]:
+    return cli_status(tiny_embeddings_run, config=TINY_EMB)
 
 
 def test_export_puts_pooling_and_normalisation_in_the_graph(rows):
-    path, m = stage_dir(rows, "export")
+    path, m = stage_manifest(rows, "export")
     for role in ("teacher", "student"):
         checked = m["info"]["library_parity"][role]  # vs sentence-transformers' encode()
         assert checked["st_min_cosine"] >= 0.9999
@@ -60,12 +52,12 @@ def test_export_puts_pooling_and_normalisation_in_the_graph(rows):
 
 
 def test_int8_reports_its_cosine_to_fp32_and_the_benchmark_the_stock_export(rows):
-    path, _ = stage_dir(rows, "quantize")
+    path, _ = stage_manifest(rows, "quantize")
     report = json.loads((path / "quantize_report.json").read_text())
     assert report["primary_metric"] == "ndcg_at_5"
     chosen = report["candidates"][report["selected"]]
     assert chosen["mean_cosine_vs_fp32"] > 0.99 and 0 <= chosen["top5_overlap_vs_fp32"] <= 1
-    bench, _ = stage_dir(rows, "benchmark")
+    bench, _ = stage_manifest(rows, "benchmark")
     result = json.loads((bench / "benchmark.json").read_text())
     variants = result["variants"]
     assert set(variants) >= {"teacher-pytorch", "teacher-stock-int8", "student-onnx", "student-int8"}
@@ -77,16 +69,8 @@ def test_int8_reports_its_cosine_to_fp32_and_the_benchmark_the_stock_export(rows
     assert "texts/s (real, bs8)" in text and variants["student-int8"]["throughput_real"]["8"] > 0
 
 
-def test_second_run_is_all_cache_hits(emb_run, rows):
-    run_cli("run", "all", root=emb_run, config=TINY_EMB)
-    client = MlflowClient(tracking_uri=f"sqlite:///{emb_run / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("bertpress-tiny-embeddings")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGE_NAMES)
-    assert {r.data.tags["cached"] for r in children} == {"true"}
-    assert cli_status(emb_run, config=TINY_EMB) == rows
+def test_second_run_is_all_cache_hits(tiny_embeddings_run, rows):
+    assert_rerun_is_all_cache_hits(tiny_embeddings_run, TINY_EMB, "bertpress-tiny-embeddings", rows)
 
 
 def no_torch(*args: str) -> subprocess.CompletedProcess:
@@ -241,11 +225,11 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
 
 
 def test_static_tier_is_benchmarked_and_released_for_numpy_alone(rows, tmp_path):
-    path, m = stage_dir(rows, "static")
+    path, m = stage_manifest(rows, "static")
     report = json.loads((path / "static_report.json").read_text())
     assert report["enabled"] and report["parity_min_cosine"] >= 0.9999  # bertpress.static == model2vec
     assert report["settings"]["dim"] == 16 and (path / "model2vec").is_dir()
-    bench, _ = stage_dir(rows, "benchmark")
+    bench, _ = stage_manifest(rows, "benchmark")
     static = json.loads((bench / "benchmark.json").read_text())["variants"]["static-model2vec"]
     assert static["runtime"] == "numpy (bertpress.static)" and 0 <= static["ndcg_at_5"] <= 1
     assert "mean_cosine" not in static["agreement_with_teacher"]  # another space: neighbours only
