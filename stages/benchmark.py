@@ -126,11 +126,12 @@ def retrieval_timings(encode: Callable[[list[str]], np.ndarray], documents: list
             "query_p99_ms": stats["p99_ms"], f"hnsw_recall_at_{k}_vs_exact": recall}
 
 
-def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[str, object]:
+def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> tuple[dict[str, object], list[np.ndarray]]:
+    """The variant's test metrics and timings, and its outputs on the test rows."""
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
     rows = predict_rows(variant.predict, features, tokenizer)
-    result: dict[str, object] = task.metrics(rows, features) | {"_rows": rows}
+    result: dict[str, object] = task.metrics(rows, features)
     corpus = task.corpus_texts(test)
     if corpus is not None:  # retrieval: what indexing the corpus and answering a query cost
         result["retrieval"] = retrieval_timings(
@@ -160,7 +161,7 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> dict[
         result["throughput_real"][str(size)] = size / (np.median(ms) / 1000.0)
     log.info("%-22s %s %.4f  p50 %.2f ms (real)  %.1f MB", variant.name, task.primary_metric,
              result[task.primary_metric], result["latency_real"]["p50_ms"], variant.size_mb)
-    return result
+    return result, rows
 
 
 def measure_static(folder: Path, test, texts: list, bcfg, task: Task, log) -> tuple[dict, list[np.ndarray]]:
@@ -341,20 +342,18 @@ def run(ctx: StageContext) -> StageResult:
         builders = {n: b for n, b in builders.items() if not n.endswith("pytorch")}
 
     results: dict[str, dict] = {}
+    rows: dict[str, list[np.ndarray]] = {}  # each variant's test outputs, for the agreement with the teacher
     for name, make in builders.items():
         before = rss_mb()
         variant = make(None)  # built one at a time so only one model is resident while timing
-        results[name] = measure(variant, test, texts, bcfg, task, ctx.log)
+        results[name], rows[name] = measure(variant, test, texts, bcfg, task, ctx.log)
         results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
         del variant
     if ctx.has("static_model"):  # the Model2Vec tier: texts in, vectors out, numpy only
         before = rss_mb()
-        results["static-model2vec"], static_rows = measure_static(ctx.path("static_model"), test, texts, bcfg,
-                                                                  task, ctx.log)
+        results["static-model2vec"], rows["static-model2vec"] = measure_static(
+            ctx.path("static_model"), test, texts, bcfg, task, ctx.log)
         results["static-model2vec"]["memory_mb"] = rss_mb() - before
-    rows = {name: r.pop("_rows") for name, r in results.items() if "_rows" in r}
-    if "static-model2vec" in results:
-        rows["static-model2vec"] = static_rows
     reference = "teacher-pytorch" if "teacher-pytorch" in rows else "teacher-onnx"
     agreement = {name: task.compare_rows(rows[reference], r) for name, r in rows.items()}
     for name, compared in agreement.items():

@@ -132,15 +132,20 @@ def select_candidate(passing: dict[str, Measured], margin: float, greater_is_bet
     return min(contenders, key=lambda n: (sign * passing[n].metric, passing[n].size_mb, n))
 
 
-def score(path: Path, features, tokenizer, ctx: StageContext, task: Task,
-          reference: list[np.ndarray] | None = None) -> dict:
-    """Validation metrics (the task's) and size of one ONNX model; with `reference` (the fp32
-    graph's outputs) also how close its outputs are to them (the task's comparison, if any)."""
+def graph_rows(path: Path, features, tokenizer, ctx: StageContext) -> list[np.ndarray]:
+    """One ONNX model's outputs, one per feature row."""
     session = make_session(path, ctx.cfg.runtime)
-    rows = predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0],
-                        features, tokenizer)
+    return predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0], features, tokenizer)
+
+
+def score(path: Path, features, tokenizer, ctx: StageContext, task: Task,
+          reference: list[np.ndarray] | None = None, rows: list[np.ndarray] | None = None) -> dict:
+    """Validation metrics (the task's) and size of one ONNX model (`rows`: its outputs, when
+    already computed); with `reference` (the fp32 graph's outputs) also how close its outputs are
+    to them (the task's comparison, if any)."""
+    rows = rows if rows is not None else graph_rows(path, features, tokenizer, ctx)
     compared = {f"{k}_vs_fp32": v for k, v in task.compare_rows(reference, rows).items()} if reference else {}
-    return task.metrics(rows, features) | compared | {"size_mb": file_mb(path), "_rows": rows}
+    return task.metrics(rows, features) | compared | {"size_mb": file_mb(path)}
 
 
 def batch1_predictors(paths: dict[str, Path], ctx: StageContext) -> dict[str, Callable]:
@@ -172,8 +177,8 @@ def run(ctx: StageContext) -> StageResult:
         names = {i.name for i in onnx.load(str(graphs["unfused"]), load_external_data=False).graph.input}
         calibration = TextCalibrationReader(batches, names)
 
-    fp32 = score(graphs["fused"], validation, tokenizer, ctx, task)
-    reference = fp32.pop("_rows")
+    reference = graph_rows(graphs["fused"], validation, tokenizer, ctx)
+    fp32 = score(graphs["fused"], validation, tokenizer, ctx, task, rows=reference)
     ctx.log.info("fp32 (fused): validation %s %.4f", metric, fp32[metric])
     (ctx.out / "candidates").mkdir()
     results: dict[str, dict] = {}
@@ -192,7 +197,6 @@ def run(ctx: StageContext) -> StageResult:
             results[candidate.name] = {"error": f"no integer operators in the graph: {ops}"}
             continue
         scores = score(target, validation, tokenizer, ctx, task, reference)
-        scores.pop("_rows")
         drop = (fp32[metric] - scores[metric]) * (1 if task.greater_is_better else -1)
         results[candidate.name] = scores | {
             "metric_drop": drop, "within_tolerance": drop <= qcfg.max_metric_drop,
@@ -255,7 +259,6 @@ def run(ctx: StageContext) -> StageResult:
                 shutil.copy2(item, fp16_dir / item.name)
         fp16_info["initializers"] = convert_to_fp16(graphs["fused"], fp16_dir / "model.onnx")
         scores = score(fp16_dir / "model.onnx", validation, tokenizer, ctx, task)
-        scores.pop("_rows")
         fp16_info |= {metric: scores[metric], "size_mb": scores["size_mb"]}
         ctx.log.info("fp16 copy for GPUs: validation %s %.4f (fp32 %.4f), %.1f MB", metric, scores[metric],
                      fp32[metric], scores["size_mb"])

@@ -107,12 +107,17 @@ def tiny_bundle(tiny_run) -> Path:
 TINY_NER = "configs/tiny-ner.yaml"
 
 
+def run_all_once(tmp_path_factory, config: str) -> Path:
+    """A tiny config through every stage, in a fresh directory (session fixtures share it)."""
+    root = tmp_path_factory.mktemp(Path(config).stem)
+    run_cli("run", "all", root=root, config=config)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_ner_run(tmp_path_factory) -> Path:
     """configs/tiny-ner.yaml (token classification) through every stage once."""
-    root = tmp_path_factory.mktemp("tiny-ner")
-    run_cli("run", "all", root=root, config=TINY_NER)
-    return root
+    return run_all_once(tmp_path_factory, TINY_NER)
 
 
 @pytest.fixture(scope="session")
@@ -126,9 +131,7 @@ TINY_EMBEDDINGS = "configs/tiny-embeddings.yaml"
 @pytest.fixture(scope="session")
 def tiny_embeddings_run(tmp_path_factory) -> Path:
     """configs/tiny-embeddings.yaml (sentence embeddings + the static tier) through every stage once."""
-    root = tmp_path_factory.mktemp("tiny-embeddings")
-    run_cli("run", "all", root=root, config=TINY_EMBEDDINGS)
-    return root
+    return run_all_once(tmp_path_factory, TINY_EMBEDDINGS)
 
 
 def assert_rerun_is_all_cache_hits(root: Path, config: str, experiment_name: str, rows: dict[str, dict]) -> None:

@@ -108,6 +108,10 @@ def test_embedding_mse_is_two_minus_two_cosine_for_unit_vectors():
     b = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     assert embedding_mse(a, b).item() == pytest.approx((2 - 2 * (a * b).sum(-1)).mean().item(), rel=1e-5)
     assert embedding_mse(a, a).item() == 0.0
+    from pipeline.stage import StageError
+
+    with pytest.raises(StageError, match="8 dimensions, the teacher's 16"):
+        embedding_mse(a, torch.zeros(5, 16))
 
 
 def test_agreement_of_a_model_with_itself_and_with_noise():

@@ -32,7 +32,14 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 from bertpress.embeddings import l2_normalize, mean_pool
 from bertpress.ranking import label_retrieval_metrics, retrieval_metrics, spearman, top_k_overlap
 from pipeline.stage import StageContext, StageError, StageResult
-from stages._hf import MODEL_INPUTS, random_bert_config, resolve_model_source, save_json, save_model
+from stages._hf import (
+    MODEL_INPUTS,
+    load_splits_dir,
+    random_bert_config,
+    resolve_model_source,
+    save_json,
+    save_model,
+)
 from stages._losses import IGNORE_LABEL
 from stages._sentence import (
     SentenceEmbeddingModel,
@@ -48,6 +55,7 @@ from stages.tasks.sequence_classification import (
     TEXT,
     SequenceClassification,
     augmentation_texts,
+    teacher_logits,
 )
 
 ST_PARITY_MIN_COSINE = 0.9999  # ONNX graph vs sentence-transformers' encode() of the same model
@@ -193,14 +201,14 @@ class SentenceEmbedding(Task):
         cfg = ctx.cfg
         tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
         teacher = load_teacher(cfg, tokenizer)
-        splits = _load(ctx)
+        splits = load_splits_dir(ctx.path("dataset"))
         raw = {name: split for name, split in splits.items() if name in ("validation", "test")}
         metrics: dict[str, float] = {}
         if cfg.task.finetune_teacher:
             teacher, metrics = finetune_on_pairs(ctx, self, teacher, tokenizer, splits)
         for split, prefix in (("validation", "eval"), ("test", "test")):
             features = self.features(raw[split], tokenizer)
-            rows = embed_rows(teacher, features, tokenizer)
+            rows = list(teacher_logits(teacher, tokenizer, features))
             metrics |= {f"{prefix}/{k}": v for k, v in self.metrics(rows, features).items()}
         metrics |= self.save_model(teacher, tokenizer, ctx.out / "model")
         metrics |= {"train/steps": 0.0}
@@ -235,9 +243,9 @@ class SentenceEmbedding(Task):
                 plain = split
             out[name] = self.features(plain, student_tokenizer)
             if precompute:
-                targets = embed_rows(teacher, self.features(plain, teacher_tokenizer), teacher_tokenizer,
-                                     desc=f"teacher embeddings ({name})")
-                out[name] = out[name].add_column(TEACHER_LOGITS, np.stack(targets).tolist())
+                targets = teacher_logits(teacher, teacher_tokenizer, self.features(plain, teacher_tokenizer),
+                                         f"teacher embeddings ({name})")
+                out[name] = out[name].add_column(TEACHER_LOGITS, targets.tolist())
         out["train"] = out["train"].shuffle(seed=self.cfg.project.seed)
         return out, info
 
@@ -314,6 +322,10 @@ class SentenceEmbedding(Task):
 # -- helpers --------------------------------------------------------------------------------------
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Squared distance summed over dimensions, averaged over texts (2 - 2 cos for unit vectors)."""
+    if student.shape[-1] != teacher.shape[-1]:
+        raise StageError(f"the student's embedding has {student.shape[-1]} dimensions, the teacher's "
+                         f"{teacher.shape[-1]}: a projection to the teacher's space is not built yet, so keep "
+                         "the teacher's width (distill.student.hidden_size: null)")
     return ((student - teacher.to(student.dtype)) ** 2).sum(-1).mean()
 
 
@@ -395,8 +407,8 @@ def finetune_on_pairs(ctx: StageContext, task: SentenceEmbedding, teacher, token
     after = evaluator(st)
     st.save(str(tuned_dir))
     tuned = load_sentence_model(tuned_dir, teacher.pooling, teacher.normalize)
-    ours = task.score_vectors(lambda texts: np.stack(embed_rows(tuned, task.text_features(texts, tokenizer),
-                                                                tokenizer)), validation)["spearman"]
+    ours = task.score_vectors(lambda texts: teacher_logits(tuned, tokenizer, task.text_features(texts, tokenizer)),
+                              validation)["spearman"]
     theirs = float(after["validation_spearman_cosine"])
     if abs(ours - theirs) > 1e-3:
         raise StageError(f"this task's Spearman ({ours:.5f}) and sentence-transformers' evaluator ({theirs:.5f}) "
@@ -425,24 +437,3 @@ def load_teacher(cfg, tokenizer) -> SentenceEmbeddingModel:
     return load_sentence_model(source, task.pooling, task.normalize)
 
 
-@torch.no_grad()
-def embed_rows(model, features: Dataset, tokenizer, desc: str | None = None, batch_size: int = 64) -> list[np.ndarray]:
-    """The PyTorch model's embedding of every row (eval mode, length-sorted batches)."""
-    model.eval()
-    collate = DataCollatorWithPadding(tokenizer)
-    columns = {k: features[k] for k in MODEL_INPUTS if k in features.column_names}
-    order = np.argsort([len(ids) for ids in columns["input_ids"]], kind="stable")
-    out = np.zeros((len(features), model.config.hidden_size), dtype=np.float32)
-    from tqdm.auto import tqdm
-
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
-        rows = order[start:start + batch_size]
-        batch = collate([{k: v[i] for k, v in columns.items()} for i in rows]).to(model.device)
-        out[rows] = model(**batch).logits.float().cpu().numpy()
-    return list(out)
-
-
-def _load(ctx: StageContext) -> DatasetDict:
-    from stages._hf import load_splits_dir
-
-    return load_splits_dir(ctx.path("dataset"))

@@ -361,8 +361,9 @@ def augmentation_texts(ctx, train_texts: list[str], mask_token: str) -> tuple[li
     return extra, {"augmented": len(extra) - unlabeled, "unlabeled": unlabeled, "original": len(train_texts)}
 
 
-def teacher_logits(teacher, tokenizer, ds: Dataset, desc: str, batch_size: int = 64) -> np.ndarray:
-    """The teacher's logits for every row, batched by similar length (eval mode: deterministic)."""
+def teacher_logits(teacher, tokenizer, ds: Dataset, desc: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """A model's logits (a sentence model's: its embedding) for every row, batched by similar
+    length (eval mode: deterministic)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -370,10 +371,13 @@ def teacher_logits(teacher, tokenizer, ds: Dataset, desc: str, batch_size: int =
     collate = DataCollatorWithPadding(tokenizer)
     columns = {k: ds[k] for k in MODEL_INPUTS if k in ds.column_names}
     order = np.argsort([len(ids) for ids in columns["input_ids"]], kind="stable")
-    out = np.zeros((len(ds), teacher.config.num_labels), dtype=np.float32)
+    out = None
     with torch.no_grad():
-        for start in tqdm(range(0, len(ds), batch_size), desc=desc, leave=False):
+        for start in tqdm(range(0, len(ds), batch_size), desc=desc, leave=False, disable=desc is None):
             rows = order[start : start + batch_size]
             batch = collate([{k: v[i] for k, v in columns.items()} for i in rows]).to(teacher.device)
-            out[rows] = teacher(**batch).logits.float().cpu().numpy()
-    return out
+            logits = teacher(**batch).logits.float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(ds), logits.shape[-1]), dtype=np.float32)
+            out[rows] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
