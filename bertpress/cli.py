@@ -63,6 +63,13 @@ def predict(
         "--words", help="Entity recognition: the inputs are pre-split on whitespace into words.")] = False,
     aggregation: Annotated[str | None, typer.Option(
         help="Entity recognition: none, simple, first, average or max (default: the bundle's).")] = None,
+    question: Annotated[str | None, typer.Option(
+        help="Question answering: the question (with --context); files: a 'question' and a "
+        "'context' field per row (--text-column / --pair-column rename them).")] = None,
+    context: Annotated[str | None, typer.Option(help="Question answering: the passage to answer from.")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Question answering: answers per question.")] = 1,
+    max_answer_length: Annotated[int | None, typer.Option(
+        min=1, help="Question answering: longest answer in tokens (default: the bundle's).")] = None,
     output: OutputOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
     batch_size: BatchOpt = 32,
@@ -70,14 +77,24 @@ def predict(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Predict with a released model, one JSONL line (or CSV row) per input: the label and
-    probabilities (classification), or the entities with character offsets (entity recognition)."""
-    from bertpress.textio import read_inputs, write_predictions
+    probabilities (classification), the entities with character offsets (entity recognition), or
+    the answer span with character offsets into the context (question answering)."""
+    from bertpress.textio import read_inputs, write_answers, write_predictions
 
     if fmt not in ("jsonl", "csv"):
         raise InputError(f"--format {fmt!r}: use jsonl or csv")
     model = open_model(source, threads, tracking_uri)
     if fmt == "csv" and model.task == "sentence-embedding":
         raise InputError("--format csv has no room for vectors: use --format jsonl (or Model.encode in Python)")
+    if model.task == "question-answering":
+        items = _questions(texts, input_file, text_column, pair_column, question, context)
+        options = {"top_k": top_k} | ({"max_answer_length": max_answer_length} if max_answer_length else {})
+        predictions = model.predict(items, batch_size, **options)
+        with _output(output) as out:
+            write_answers([{"question": q} | p for (q, _), p in zip(items, predictions, strict=True)], fmt, out)
+        return
+    if question is not None or context is not None:
+        raise InputError(f"--question / --context are for question-answering bundles; this one is {model.task}")
     if pair_column is None and not pair and model.metadata.get("text_pair"):
         pair_column = "text_pair"
     items = read_inputs(texts or [], input_file, text_column, pairs=pair, pair_column=pair_column,
@@ -90,6 +107,23 @@ def predict(
             for t, p in zip(items, predictions, strict=True)]
     with _output(output) as out:
         write_predictions(rows, model.labels, fmt, out)
+
+
+def _questions(texts: list[str] | None, input_file: Path | None, text_column: str, pair_column: str | None,
+               question: str | None, context: str | None) -> list[tuple[str, str]]:
+    """(question, context) pairs from --question/--context, or from a file's rows."""
+    from bertpress.textio import read_inputs
+
+    if question is not None or context is not None:
+        if question is None or context is None or texts or input_file is not None:
+            raise InputError("give --question and --context together (or --input FILE with question "
+                             "and context fields), not with other inputs")
+        return [(question, context)]
+    if texts:
+        raise InputError("a question-answering bundle reads --question Q --context C, or --input FILE "
+                         "(.jsonl/.csv rows with 'question' and 'context')")
+    column = "question" if text_column == "text" else text_column
+    return read_inputs([], input_file, column, pair_column=pair_column or "context")
 
 
 def embed(

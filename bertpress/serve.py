@@ -5,7 +5,9 @@
     POST /predict    {"texts": ["...", ...]} (or {"text": "..."}) -> per the bundle's task: labels and
                      probabilities (+ "text_pairs"/"text_pair" for text-pair models), or entities
                      with character offsets ({"words": [[...], ...]} for pre-split input;
-                     "aggregation": none|simple|first|average|max)
+                     "aggregation": none|simple|first|average|max), or the answer span of a
+                     question-answering bundle: {"question": "...", "context": "..."} (or
+                     "questions" + "contexts" lists; "top_k", "max_answer_length")
     POST /embed      {"texts": [...], "kind": "mean"|"pooled"|"sequence"|"hidden_states",
                       "normalize": false} -> embeddings
     POST /search     (with --index) {"query": "..."} or {"queries": [...]}, "k": 10 -> per query its
@@ -58,13 +60,25 @@ class PredictRequest(BaseModel):
     text_pair: str | None = None
     text_pairs: list[str] | None = None
     aggregation: Literal["none", "simple", "first", "average", "max"] | None = None
+    question: str | None = Field(None, description="Question answering: with \"context\".")
+    context: str | None = None
+    questions: list[str] | None = Field(None, description="Question answering: with \"contexts\".")
+    contexts: list[str] | None = None
+    top_k: int | None = Field(None, ge=1, le=100, description="Question answering: answers per question.")
+    max_answer_length: int | None = Field(None, ge=1, le=512, description="Question answering: in tokens.")
 
     @model_validator(mode="after")
     def _one_of(self):
-        given = [name for name in ("text", "texts", "words") if getattr(self, name) is not None]
+        given = [name for name in ("text", "texts", "words", "question", "questions")
+                 if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError('give exactly one of "text" (a string), "texts" (a list of strings) or '
-                             '"words" (a list of word lists)')
+            raise ValueError('give exactly one of "text" (a string), "texts" (a list of strings), '
+                             '"words" (a list of word lists), or "question" + "context" / "questions" + '
+                             '"contexts" (question answering)')
+        if (self.question is None) != (self.context is None):
+            raise ValueError('"question" and "context" go together')
+        if (self.questions is None) != (self.contexts is None) or len(self.questions or []) != len(self.contexts or []):
+            raise ValueError('"questions" needs one context per question in "contexts"')
         if self.text_pair is not None and self.text is None:
             raise ValueError('"text_pair" goes with "text"; use "text_pairs" with "texts"')
         if self.text_pairs is not None and len(self.text_pairs) != len(self.texts or []):
@@ -72,6 +86,10 @@ class PredictRequest(BaseModel):
         return self
 
     def inputs(self) -> list:
+        if self.question is not None:
+            return [(self.question, self.context)]
+        if self.questions is not None:
+            return list(zip(self.questions, self.contexts or [], strict=True))
         if self.words is not None:
             return [list(w) for w in self.words]
         texts = [self.text] if self.text is not None else list(self.texts or [])
@@ -133,7 +151,8 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
         keys = ("name", "task", "labels", "max_length", "truncation", "outputs", "variant",
-                "architecture", "metrics", "provenance", "text_pair", "aggregation", "stride")
+                "architecture", "metrics", "provenance", "text_pair", "aggregation", "stride",
+                "doc_stride", "max_answer_length")
         return {k: model.metadata.get(k) for k in keys} | {
             "version": version, "limits": asdict(limits), "providers": model.session.get_providers() if model.session else ["numpy"],
             "index": index and {"documents": len(index), "kind": index.meta["kind"], "dim": index.meta["dim"]}}
@@ -142,6 +161,13 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
     def predict(body: PredictRequest) -> dict[str, Any]:
         inputs = checked(body.inputs())
         options = {"aggregation": body.aggregation} if body.aggregation else {}
+        qa = {"top_k": body.top_k, "max_answer_length": body.max_answer_length}
+        options |= {k: v for k, v in qa.items() if v is not None}
+        if options and ("aggregation" in options) != (model.task == "token-classification"):
+            raise HTTPException(400, f"{sorted(options)} do not apply to this {model.task} bundle")
+        if (body.question is not None or body.questions is not None) != (model.task == "question-answering"):
+            raise HTTPException(400, f"this bundle is {model.task}: question answering takes "
+                                     '"question" + "context"; other bundles "text" / "texts"')
         try:
             return {"predictions": model.predict(inputs, batch_size=limits.max_batch, **options)}
         except (InputError, TypeError) as exc:

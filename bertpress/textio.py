@@ -107,6 +107,19 @@ def read_records(path: Path, text_column: str = "text") -> list[dict[str, Any]]:
     raise InputError(f"{path}: unsupported input type {suffix!r}; use .csv, .tsv, .jsonl or .txt")
 
 
+def write_answers(rows: Iterable[dict[str, Any]], fmt: str, out: TextIO) -> None:
+    """Question answering: JSONL (a line per question), or CSV with a row per answer (top-k)."""
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    writer = csv.writer(out)
+    writer.writerow(["input", "question", "rank", "answer", "start", "end", "score"])
+    for n, row in enumerate(rows):
+        for rank, a in enumerate(row.get("answers", [row]), 1):
+            writer.writerow([n, row["question"], rank, a["answer"], a["start"], a["end"], f"{a['score']:.6f}"])
+
+
 def write_predictions(rows: Iterable[dict[str, Any]], labels: Sequence[str], fmt: str, out: TextIO) -> None:
     """JSONL (every task), or CSV: one row per input with label probabilities (classification),
     one row per entity (entity recognition)."""

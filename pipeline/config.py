@@ -79,6 +79,17 @@ class SentenceEmbeddingTask(_Section):
     normalize: bool | None = Field(None, description="L2-normalise the embedding; null: the teacher's.")
 
 
+class QuestionAnsweringTask(_Section):
+    """Extractive question answering: start and end logits over the context's tokens (SQuAD)."""
+
+    type: Literal["question-answering"]
+    doc_stride: int = Field(
+        128, ge=0, description="Tokens shared by consecutive windows when question + context exceed "
+        "data.max_length: every window is scored and the best span over all of them wins.")
+    max_answer_length: int = Field(30, ge=1, le=512, description="Longest answer span, in tokens.")
+    n_best: int = Field(20, ge=1, le=100, description="Start and end candidates per window.")
+
+
 def _task_type(value: Any) -> str:
     """The task's type; a task section without one is sequence classification (the default)."""
     if isinstance(value, dict):
@@ -89,10 +100,11 @@ def _task_type(value: Any) -> str:
 TaskConfig = Annotated[
     Annotated[SequenceClassificationTask, Tag("sequence-classification")]
     | Annotated[TokenClassificationTask, Tag("token-classification")]
-    | Annotated[SentenceEmbeddingTask, Tag("sentence-embedding")],
+    | Annotated[SentenceEmbeddingTask, Tag("sentence-embedding")]
+    | Annotated[QuestionAnsweringTask, Tag("question-answering")],
     Discriminator(_task_type),
 ]
-TASK_TYPES = ("sequence-classification", "token-classification", "sentence-embedding")
+TASK_TYPES = ("sequence-classification", "token-classification", "sentence-embedding", "question-answering")
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio")
 
 
@@ -154,8 +166,9 @@ class DataConfig(_Section):
     label_column: str = "label"
     file_format: Literal["table", "sts", "squad"] = Field(
         "table", description="files: tables (CSV/TSV/JSON/JSONL/Parquet with named columns), STS "
-        "Benchmark TSV (sentence-embedding pairs), or one SQuAD-format JSON (sentence-embedding "
-        "retrieval; articles are split into train/validation/test).")
+        "Benchmark TSV (sentence-embedding pairs), or SQuAD-format JSON (sentence-embedding retrieval, "
+        "question answering; one file's articles are split into train/validation/test). Question "
+        "answering also reads JSONL rows with question, context and answers in either format.")
     squad_every: int = Field(3, ge=2, description="SQuAD files: articles whose 0-based index % N == N-1 "
                              "are the test articles (3: SQuAD v1.1 dev's 16 of 48).")
     tokens_column: str = Field("tokens", description="Token classification: the column of word lists "
@@ -713,6 +726,9 @@ class PipelineConfig(_Section):
     def _task_needs(self) -> None:
         """What the chosen task needs from the other sections, named by key."""
         data, tokens = self.data, self.task.type == "token-classification"
+        if self.task.type == "question-answering":
+            self._question_answering_needs()
+            return
         if data.source == "builtin" and (data.builtin == "wnut16") != tokens:
             kind, fix = (("a token-classification", "token-classification") if data.builtin == "wnut16"
                          else ("a labelled-text", "sequence-classification or sentence-embedding"))
@@ -749,6 +765,32 @@ class PipelineConfig(_Section):
             raise ValueError("distill.augment rewrites texts, which would break the word-level tag "
                              "alignment of token classification; set distill.augment.enabled: false")
 
+
+    def _question_answering_needs(self) -> None:
+        data = self.data
+        if self.static.enabled:
+            raise ValueError("static.enabled: a static (Model2Vec) student embeds sentences; it needs "
+                             "task.type: sentence-embedding")
+        if data.source == "builtin":
+            raise ValueError("task.type question-answering has no built-in data: set data.source: files "
+                             "with data.files.train: <SQuAD-format .json, or .jsonl rows with question, "
+                             "context, answers>, or data.source: hub with a dataset of the squad shape")
+        if data.file_format == "sts":
+            raise ValueError("data.file_format: sts holds scored sentence pairs; question answering reads "
+                             "data.file_format: squad (or table for JSONL rows)")
+        if self.task.doc_stride >= data.max_length // 2:
+            raise ValueError(f"task.doc_stride ({self.task.doc_stride}) must be below half of data.max_length "
+                             f"({data.max_length // 2}): the question shares each window, and each window "
+                             "must move forward")
+        if self.search.enabled:
+            raise ValueError("search.enabled: the student search covers classification tasks so far; "
+                             "set search.enabled: false and choose the student in distill.student")
+        if self.distill.augment.enabled:
+            raise ValueError("distill.augment rewrites texts, which would move the answer spans; set "
+                             "distill.augment.enabled: false")
+        if "pooled" in self.export.embedding_outputs:
+            raise ValueError("export.embedding_outputs: 'pooled' needs the [CLS] pooler, which a "
+                             "question-answering model does not have; use sequence / hidden_states")
 
     def _sentence_embedding_needs(self) -> None:
         data, evaluation = self.data, self.task.evaluation

@@ -26,7 +26,8 @@ _VERSIONED_PREFIXES = ("stages.", "bertpress.")
 # so editing the entity-recognition task does not invalidate cached classification models.
 TASK_MODULES = {"sequence-classification": "sequence_classification",
                 "token-classification": "token_classification",
-                "sentence-embedding": "sentence_embedding"}
+                "sentence-embedding": "sentence_embedding",
+                "question-answering": "question_answering"}
 # Training-side task modules another task reuses (sentence embeddings read labelled texts as
 # classification does): part of that task's version too.
 TASK_REUSES = {"sentence-embedding": ("sequence_classification",)}

@@ -135,3 +135,37 @@ def token_distillation_loss(
     else:
         soft = student_logits.sum() * 0.0
     return alpha * hard + (1.0 - alpha) * soft
+
+
+PAD_LOGIT = -1e4  # where a span cannot start or end (padding): out of every softmax
+
+
+def span_logits(logits: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, L, 2] start/end logits -> [B, 2, L] with padded positions pushed out of the softmax."""
+    per_position = logits.transpose(1, 2)
+    if attention_mask is None:
+        return per_position
+    return per_position.masked_fill(~attention_mask.bool().unsqueeze(1), PAD_LOGIT)
+
+
+def span_cross_entropy(logits: torch.Tensor, positions: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Question answering's loss (as BertForQuestionAnswering's): the mean of the cross-entropies
+    of the start and of the end position over the sequence; logits [B, L, 2], positions [B, 2]
+    (0, the [CLS] token, where the answer is not in the window); padding never wins."""
+    per_position = span_logits(logits, attention_mask)
+    return F.cross_entropy(per_position.reshape(-1, per_position.shape[-1]), positions.reshape(-1))
+
+
+def span_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, positions: torch.Tensor,
+                           attention_mask: torch.Tensor | None, temperature: float, alpha: float) -> torch.Tensor:
+    """Question answering: alpha * CE(gold start and end) + (1 - alpha) * T^2 * KL of the start
+    distribution and of the end distribution over the sequence (teacher || student), each averaged
+    over the batch and the two averaged. Logits [B, L, 2] on the same positions (the teacher reads
+    the student's pieces); padding is out of both distributions."""
+    hard = span_cross_entropy(student_logits, positions, attention_mask)
+    student = span_logits(student_logits, attention_mask)
+    teacher = span_logits(teacher_logits.to(student.dtype), attention_mask)
+    soft = soft_target_kl(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]),
+                          temperature)  # batchmean over B*2 rows: the mean of start and end
+    return alpha * hard + (1.0 - alpha) * soft

@@ -119,8 +119,9 @@ class DistillationTrainer(Trainer):
             with torch.no_grad():
                 teacher_out = self.teacher(**features, **extra)
             teacher_logits = teacher_out.logits
-        loss = self.task.distillation_loss(outputs.logits, teacher_logits, side, self.temperature, self.alpha)
         mask = features["attention_mask"]
+        loss = self.task.distillation_loss(outputs.logits, teacher_logits, side | {"attention_mask": mask},
+                                           self.temperature, self.alpha)
         if extra.get("output_hidden_states"):
             loss = loss + self.intermediate.hidden_weight * hidden_state_mse(
                 outputs.hidden_states, teacher_out.hidden_states, self.layer_map, mask, self.projection)

@@ -167,12 +167,15 @@ def run(ctx: StageContext) -> StageResult:
     calibration = None
     if any(c.method == "static" for c in qcfg.candidates):
         train = raw["train"].shuffle(seed=cfg.project.seed)
-        calib = task.texts(train.select(range(min(qcfg.calibration_samples, len(train)))))
+        calib = task.calibration_inputs(train.select(range(min(qcfg.calibration_samples, len(train)))))
         # Entropy/percentile calibrators stack activations across batches: one fixed length.
         batches = []
         for start in range(0, len(calib), qcfg.calibration_batch_size):
-            enc = tokenizer(calib[start : start + qcfg.calibration_batch_size], padding="max_length",
-                            truncation=True, max_length=cfg.data.max_length, return_tensors="np")
+            chunk = calib[start : start + qcfg.calibration_batch_size]
+            pairs = isinstance(chunk[0], tuple)
+            enc = tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
+                            padding="max_length", truncation=True, max_length=cfg.data.max_length,
+                            return_tensors="np")
             batches.append({k: v.astype(np.int64) for k, v in enc.items()})
         names = {i.name for i in onnx.load(str(graphs["unfused"]), load_external_data=False).graph.input}
         calibration = TextCalibrationReader(batches, names)

@@ -11,6 +11,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -125,6 +126,15 @@ def tiny_ner_bundle(tiny_ner_run) -> Path:
     return Path(cli_status(tiny_ner_run, config=TINY_NER)["release"]["path"]) / "bundle"
 
 
+TINY_QA = "configs/tiny-qa.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_run(tmp_path_factory) -> Path:
+    """configs/tiny-qa.yaml (extractive question answering) through every stage once."""
+    return run_all_once(tmp_path_factory, TINY_QA)
+
+
 TINY_EMBEDDINGS = "configs/tiny-embeddings.yaml"
 
 
@@ -224,6 +234,23 @@ def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float) -> No
                 output = proc.stdout.read() if proc.stdout else ""
                 pytest.fail(f"server behind {url} did not start:\n{output[-3000:]}")
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def served(bundle: Path, *args: str):
+    """`bertpress serve BUNDLE *args` with torch blocked, on a free port; yields its base URL and
+    stops it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "no_torch.py"), "serve", str(bundle),
+                             "--port", str(port), *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(f"{base}/health", proc, timeout_s=60)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def http_call(base: str, path: str, body: object | bytes | None = None) -> tuple[int, dict]:

@@ -540,8 +540,8 @@ NER = ["task.type=token-classification"]
     ([*NER, "data.builtin=wnut16", "distill.augment.enabled=true"], "distill.augment rewrites texts"),
     ([*NER, "data.builtin=wnut16", "data.text_pair_column=b"], "data.text_pair_column is for sequence"),
     ([*NER, "data.builtin=wnut16", "task.aggregation=best"], "task.aggregation: Input should be 'none'"),
-    (["task.type=question-answering"], "does not match any of the expected tags: 'sequence-classification', "
-                                       "'token-classification'"),
+    (["task.type=summarization"], "does not match any of the expected tags: 'sequence-classification', "
+                                   "'token-classification'"),
     (["task.stride=8"], "task.stride: unknown key for task.type sequence-classification"),
     ([*NER, "data.builtin=wnut16", "data.tag_scheme=bio"], "data.tag_scheme"),
 ])

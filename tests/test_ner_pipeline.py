@@ -19,9 +19,8 @@ from conftest import (
     TINY_NER,
     assert_rerun_is_all_cache_hits,
     cli_status,
-    free_port,
     run_cli,
-    wait_until_serving,
+    served,
 )
 from conftest import http_call as post
 from conftest import stage_manifest as manifest
@@ -146,14 +145,8 @@ def test_aggregation_strategies_from_the_cli(tiny_ner_bundle):
 
 @pytest.fixture(scope="module")
 def ner_server(tiny_ner_bundle):
-    port = free_port()
-    proc = subprocess.Popen([*NO_TORCH, "serve", str(tiny_ner_bundle), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    wait_until_serving(f"{base}/health", proc, timeout_s=60)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with served(tiny_ner_bundle) as base:
+        yield base
 
 
 def test_serve_answers_ner_requests(ner_server):

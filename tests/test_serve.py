@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until_serving
 from conftest import http_call as call
+from conftest import served
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "no_torch.py"), "serve", str(tiny_bundle), "--port", str(port),
-         "--max-batch", "4", "--max-text-chars", "500", "--max-body-bytes", "4000", "--threads", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_until_serving(f"{base}/health", proc, timeout_s=60)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with served(tiny_bundle, "--max-batch", "4", "--max-text-chars", "500", "--max-body-bytes", "4000",
+                "--threads", "1") as base:
+        yield base
 
 
 def test_health_and_metadata(server):

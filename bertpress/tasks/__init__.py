@@ -14,7 +14,7 @@ from bertpress.errors import BundleError
 if TYPE_CHECKING:
     from bertpress.runtime import Model
 
-TASKS = ("sequence-classification", "token-classification", "sentence-embedding")
+TASKS = ("sequence-classification", "token-classification", "sentence-embedding", "question-answering")
 # Bundles written before the task seam said "text-classification".
 ALIASES = {"text-classification": "sequence-classification"}
 
@@ -35,6 +35,10 @@ def head_for(model: Model):
         from bertpress.tasks.sentence_embedding import SentenceEmbeddingHead
 
         return SentenceEmbeddingHead(model)
+    if task == "question-answering":
+        from bertpress.tasks.question_answering import QuestionAnsweringHead
+
+        return QuestionAnsweringHead(model)
     if task == "token-classification":
         from bertpress.tasks.token_classification import TokenClassificationHead
 

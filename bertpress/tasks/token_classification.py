@@ -16,7 +16,7 @@ import numpy as np
 
 from bertpress.errors import InputError
 from bertpress.tasks.entities import AGGREGATIONS, group_entities
-from bertpress.tasks.windows import owners
+from bertpress.tasks.windows import owners, run_windows
 
 if TYPE_CHECKING:
     from bertpress.runtime import Model
@@ -53,16 +53,7 @@ class TokenClassificationHead:
             raise InputError("pass a list of inputs, not a single string (wrap it: [text])")
         read = [self._read(item) for item in items]
         windows = [(i, w) for i, (_, first) in enumerate(read) for w in [first, *first.overflowing]]
-        probs: list[np.ndarray | None] = [None] * len(windows)
-        order = np.argsort([len(w.ids) for _, w in windows], kind="stable")
-        for start in range(0, len(order), max(batch_size, 1)):
-            chunk = [windows[j][1] for j in order[start:start + batch_size]]
-            length = max(len(w.ids) for w in chunk)
-            for w in chunk:
-                w.pad(length, pad_id=self.model.pad_id, pad_token=self.model.pad_token)
-            logits = self.model.session.run(["logits"], self.model.feed(chunk))[0]
-            for row, j in enumerate(order[start:start + batch_size]):
-                probs[j] = softmax(logits[row])
+        probs = [softmax(row) for row in run_windows(self.model, [w for _, w in windows], batch_size)]
         per_input: list[list[tuple[Any, np.ndarray]]] = [[] for _ in read]
         for (i, window), p in zip(windows, probs, strict=True):
             per_input[i].append((window, p))

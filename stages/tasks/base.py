@@ -146,6 +146,10 @@ class Task:
         """Task settings the runtime needs (written into bundle.json)."""
         return {}
 
+    def calibration_inputs(self, split: Dataset) -> list[Any]:
+        """What static INT8 calibration feeds the graph: texts, or (text, pair) tuples."""
+        return self.texts(split)
+
     def timing_inputs(self, split: Dataset) -> list[Any]:
         """Real inputs for batch-1 timing through the runtime (`Model.predict([x])`)."""
         return self.texts(split)

@@ -11,13 +11,13 @@ never paragraphs or questions, so no test question's paragraph was a training te
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from pipeline.stage import StageError
+from stages.tasks.qa_data import squad_articles
 
 TEXT, PAIR, SCORE = "text", "text_pair", "label"
 GROUP, ROLE = "label", "role"  # retrieval rows: the paragraph a text belongs to; query (0) or document (1)
@@ -55,13 +55,8 @@ def pairs_split(frame: pd.DataFrame) -> Dataset:
 
 def read_squad(path: Path) -> list[dict]:
     """Articles as [{"title", "paragraphs": [{"context", "questions": [str]}]}]."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise StageError(f"{path} is not SQuAD-format JSON ({exc}): expected data -> paragraphs -> "
-                         "context and qas -> question") from None
     articles = []
-    for article in data:
+    for article in squad_articles(path):
         paragraphs = [{"context": p["context"], "questions": [q["question"] for q in p.get("qas", [])]}
                       for p in article.get("paragraphs", [])]
         articles.append({"title": article.get("title", ""), "paragraphs": paragraphs})

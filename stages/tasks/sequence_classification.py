@@ -138,6 +138,9 @@ class SequenceClassification(Task):
     def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"text_pair": self.cfg.data.text_pair_column is not None}
 
+    def calibration_inputs(self, split: Dataset) -> list[Any]:
+        return self.timing_inputs(split)  # text pairs calibrate as pairs
+
     def timing_inputs(self, split: Dataset) -> list[Any]:
         if PAIR in split.column_names:
             return [(t, p) for t, p in zip(split[TEXT], split[PAIR], strict=True)]
