@@ -84,9 +84,10 @@ def shrink_width(model: PreTrainedModel, hidden: int, heads: int, intermediate: 
     if f"{prefix}pooler.dense.weight" in sd:
         put(f"{prefix}pooler.dense.weight", sd[f"{prefix}pooler.dense.weight"][keep_h][:, keep_h])
         put(f"{prefix}pooler.dense.bias", sd[f"{prefix}pooler.dense.bias"][keep_h])
-    if "classifier.weight" in sd:
-        put("classifier.weight", sd["classifier.weight"][:, keep_h])
-        put("classifier.bias", sd["classifier.bias"])
+    for head in ("classifier", "qa_outputs"):  # a linear head on the (narrowed) hidden states
+        if f"{head}.weight" in sd:
+            put(f"{head}.weight", sd[f"{head}.weight"][:, keep_h])
+            put(f"{head}.bias", sd[f"{head}.bias"])
     missing, unexpected = student.load_state_dict(new, strict=False)
     leftover = [m for m in missing if not m.endswith("position_ids")]
     if leftover or unexpected:
