@@ -155,7 +155,10 @@ def test_serve_answers_questions(qa_server):
     assert status == 200 and body["predictions"][0]["answer"] in ("hanoi", "nurse")
     status, body = post(qa_server, "/predict", {"questions": ["what does tara work as ?"] * 2,
                                                 "contexts": [context, f"{FILLER} {context}"], "top_k": 2})
-    assert status == 200 and {p["answer"] for p in body["predictions"]} <= {"hanoi", "nurse"}
+    assert status == 200 and len(body["predictions"]) == 2
+    # the second context is the first behind ~90 filler tokens: its answer is read past window one
+    for p, text in zip(body["predictions"], [context, f"{FILLER} {context}"], strict=True):
+        assert text[p["start"]:p["end"]] == p["answer"] and ("hanoi" in p["answer"] or "nurse" in p["answer"])
     assert all(len(p["answers"]) == 2 for p in body["predictions"])
     assert post(qa_server, "/predict", {"texts": ["no question"]})[0] == 400
     assert post(qa_server, "/predict", {"question": "where?"})[0] == 422  # no context
