@@ -30,13 +30,14 @@ from bertpress.tasks.windows import run_windows
 if TYPE_CHECKING:
     from bertpress.runtime import Model
 
+PUNCTUATION = frozenset(string.punctuation)
 Offsets = Sequence[tuple[int, int] | None]  # per token: its characters in the context, None outside it
 
 
 # -- the official SQuAD v1.1 metric ----------------------------------------------------------------
 def normalize_answer(text: str) -> str:
     """Lower case, punctuation removed, articles (a, an, the) removed, whitespace collapsed."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

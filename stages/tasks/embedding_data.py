@@ -17,7 +17,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from pipeline.stage import StageError
-from stages.tasks.qa_data import squad_articles
+from stages.tasks.qa_data import article_parts, squad_articles
 
 TEXT, PAIR, SCORE = "text", "text_pair", "label"
 GROUP, ROLE = "label", "role"  # retrieval rows: the paragraph a text belongs to; query (0) or document (1)
@@ -71,20 +71,11 @@ def retrieval_splits(articles: list[dict], every: int, validation_share: float, 
     training still compete). Test queries: the test articles' questions, or every question
     (queries="all": the train articles' questions were distillation inputs, without labels).
     Train: the train articles' paragraphs and questions (distillation texts)."""
-    import random
-
-    order = [i for i in range(len(articles)) if i % every != every - 1]
-    rng = random.Random(seed)
-    shuffled = order[:]
-    rng.shuffle(shuffled)
-    n_val = max(1, round(validation_share * len(order)))
-    validation_ids = set(shuffled[:n_val])
-    test_ids = {i for i in range(len(articles)) if i % every == every - 1}
+    roles = article_parts(len(articles), every, validation_share, seed)
     documents: list[tuple[str, int]] = []
     questions: dict[str, list[tuple[str, int]]] = {"train": [], "validation": [], "test": []}
     train_docs: list[str] = []
-    for index, article in enumerate(articles):
-        part = "test" if index in test_ids else "validation" if index in validation_ids else "train"
+    for article, part in zip(articles, roles, strict=True):
         for paragraph in article["paragraphs"]:
             group = len(documents)
             documents.append((paragraph["context"], group))
@@ -105,7 +96,7 @@ def retrieval_splits(articles: list[dict], every: int, validation_share: float, 
     splits = DatasetDict(
         train=Dataset.from_dict({TEXT: train_texts, GROUP: [-1] * len(train_texts), ROLE: [QUERY] * len(train_texts)}),
         validation=evaluation(questions["validation"]), test=evaluation(test_queries))
-    report = {"articles": {"train": len(order) - n_val, "validation": n_val, "test": len(test_ids)},
+    report = {"articles": {p: roles.count(p) for p in ("train", "validation", "test")},
               "documents": len(documents), "queries": {"validation": len(questions["validation"]),
                                                       "test": len(test_queries)},
               "test_queries": queries, "train_texts": len(train_texts)}

@@ -61,7 +61,8 @@ def read_qa_records(records: list[dict[str, Any]], where: str) -> list[dict[str,
         if missing:
             raise StageError(f"{where}: row {n + 1} has no {', '.join(missing)} (it has {sorted(record)}); "
                              "question answering reads rows with question, context and answers "
-                             '({"text": [...], "answer_start": [...]})')
+                             '({"text": [...], "answer_start": [...]}); a SQuAD-format JSON file needs '
+                             "data.file_format: squad")
         answers = record[ANSWERS]
         if isinstance(answers, list):
             answers = {"text": [a.get("text") for a in answers if isinstance(a, dict)],
@@ -119,6 +120,18 @@ def article_of(row: dict[str, Any]) -> str:
     return row[TITLE] or row[CONTEXT]
 
 
+def article_parts(count: int, every: int, validation_share: float, seed: int, test_given: bool = False,
+                  validation_given: bool = False) -> list[str]:
+    """The split ("train" / "validation" / "test") of each of `count` articles, in order: index %
+    every == every - 1 is test, a seeded share of the others validation (unless given as files)."""
+    test = set() if test_given else {i for i in range(count) if i % every == every - 1}
+    rest = [i for i in range(count) if i not in test]
+    shuffled = rest[:]
+    random.Random(seed).shuffle(shuffled)
+    validation = set() if validation_given else set(shuffled[:max(1, round(validation_share * len(rest)))])
+    return ["test" if i in test else "validation" if i in validation else "train" for i in range(count)]
+
+
 def split_by_article(rows: list[dict[str, Any]], every: int, validation_share: float, seed: int,
                      test_given: bool = False, validation_given: bool = False) -> dict[str, list[dict]]:
     """train / validation / test with whole articles in each (see the module doc); splits given as
@@ -127,14 +140,9 @@ def split_by_article(rows: list[dict[str, Any]], every: int, validation_share: f
     for row in rows:
         articles.setdefault(article_of(row), []).append(row)
     names = list(articles)
-    test = set() if test_given else {n for i, n in enumerate(names) if i % every == every - 1}
-    rest = [n for n in names if n not in test]
-    shuffled = rest[:]
-    random.Random(seed).shuffle(shuffled)
-    validation = set() if validation_given else set(shuffled[:max(1, round(validation_share * len(rest)))])
     parts: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-    for name in names:
-        part = "test" if name in test else "validation" if name in validation else "train"
+    for name, part in zip(names, article_parts(len(names), every, validation_share, seed, test_given,
+                                               validation_given), strict=True):
         parts[part] += articles[name]
     needed = [p for p, given in (("train", False), ("validation", validation_given), ("test", test_given))
               if not given and not parts[p]]

@@ -294,11 +294,6 @@ def _read_rows(data) -> dict[str, list[dict[str, Any]]]:
 
 
 def _read_file(path: Path, data) -> list[dict[str, Any]]:
-    if data.file_format == "squad" or path.suffix.lower() == ".json" and _is_squad(path):
+    if data.file_format == "squad":
         return qa_data.read_squad_rows(path)
     return qa_data.read_qa_records(read_table(path).to_dict("records"), str(path))
-
-
-def _is_squad(path: Path) -> bool:
-    with Path(path).open(encoding="utf-8") as fh:
-        return fh.read(4096).lstrip().startswith("{")
