@@ -21,7 +21,7 @@ from rich.console import Console
 
 from bertpress.errors import BertpressError, InputError
 
-RUNTIME_COMMANDS = ("predict", "embed", "index", "search", "serve")
+RUNTIME_COMMANDS = ("predict", "embed", "index", "search", "rerank", "serve")
 # What only the training install has: a pipeline command run without it names the extras to add.
 TRAINING_MODULES = {"torch", "transformers", "datasets", "mlflow", "optimum", "optuna", "onnx", "accelerate",
                     "seqeval", "matplotlib"}
@@ -95,7 +95,7 @@ def predict(
         return
     if question is not None or context is not None:
         raise InputError(f"--question / --context are for question-answering bundles; this one is {model.task}")
-    if pair_column is None and not pair and model.metadata.get("text_pair"):
+    if pair_column is None and not pair and (model.metadata.get("text_pair") or model.task == "cross-encoder"):
         pair_column = "text_pair"
     items = read_inputs(texts or [], input_file, text_column, pairs=pair, pair_column=pair_column,
                         split_words=words)
@@ -220,22 +220,77 @@ def search(
                                                "that built the index, where it was).")] = None,
     input_file: InputOpt = None,
     text_column: ColumnOpt = "text",
+    rerank: Annotated[str | None, typer.Option(help="A cross-encoder bundle that re-ranks the retrieved "
+                                               "candidates (score = its relevance score).")] = None,
+    rerank_depth: Annotated[int | None, typer.Option(min=1, help="Candidates retrieved for the re-ranker "
+                                                     "(default: the re-ranker's rerank_depth, else 50).")] = None,
     output: OutputOpt = None,
     threads: ThreadsOpt = 0,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Top-k documents of an index for each query: one JSONL line per query with its hits
-    (rank, id, score = cosine, text, metadata)."""
+    (rank, id, score = cosine, text, metadata). With --rerank, the retriever's top candidates are
+    re-ordered by a cross-encoder (score = its score; retriever_rank / retriever_score kept)."""
     from bertpress.index import VectorIndex
     from bertpress.textio import read_texts
 
     found = VectorIndex.open(index_dir)
     items = read_texts(queries or [], input_file, text_column)
     model = open_model(bundle or found.meta["bundle"]["path"], threads, tracking_uri)
-    hits = found.search(model, items, k)
+    if rerank is None:
+        if rerank_depth is not None:
+            raise InputError("--rerank-depth goes with --rerank BUNDLE (a cross-encoder)")
+        hits = found.search(model, items, k)
+    else:
+        from bertpress.tasks.cross_encoder import rerank_hits
+
+        reranker = open_model(rerank, threads, tracking_uri)
+        depth = max(k, rerank_depth or int(reranker.metadata.get("rerank_depth", 50)))
+        hits = [rerank_hits(reranker, query, row, k) for query, row in zip(items, found.search(model, items, depth),
+                                                                           strict=True)]
     with _output(output) as out:
         for query, row in zip(items, hits, strict=True):
             out.write(json.dumps({"query": query, "hits": row}, ensure_ascii=False) + "\n")
+
+
+def rerank(
+    source: SourceArg,
+    passages: Annotated[list[str] | None, typer.Argument(help="Candidate passages (or --input FILE).")] = None,
+    query: Annotated[str | None, typer.Option(help="The query to order the candidates for.")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="Candidates: .jsonl/.csv/.tsv rows "
+                                                    "(other fields are kept) or .txt (one per line).")] = None,
+    text_column: ColumnOpt = "text",
+    top_k: Annotated[int | None, typer.Option(min=1, help="Keep the best k (default: all).")] = None,
+    output: OutputOpt = None,
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = 0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Re-rank candidate passages for a query with a cross-encoder bundle: one JSONL line per
+    candidate, best first (rank, score, the candidate's fields)."""
+    from bertpress.textio import read_records
+
+    if query is None:
+        raise InputError("rerank needs --query QUERY (the text the candidates are ordered for)")
+    if input_file is not None and passages:
+        raise InputError("give the candidates as arguments or --input FILE, not both")
+    if input_file is None and not passages:
+        raise InputError("no candidates: pass passages as arguments or --input FILE (.jsonl, .csv, .tsv, .txt)")
+    records = read_records(input_file, text_column) if input_file else [{text_column: p} for p in passages or []]
+    texts = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record.get(text_column), str):
+            raise InputError(f"candidate {number} has no text field {text_column!r} (fields: {sorted(record)}); "
+                             "pass --text-column NAME")
+        texts.append(record[text_column])
+    model = open_model(source, threads, tracking_uri)
+    if model.task != "cross-encoder":
+        raise InputError(f"rerank needs a cross-encoder bundle; {model.path} is {model.task}")
+    ranked = model.head.rerank(query, texts, top_k=top_k, batch_size=batch_size)
+    with _output(output) as out:
+        for r in ranked:
+            row = {"rank": r["rank"], "score": r["score"]} | records[r["index"]]
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def serve(
@@ -250,7 +305,8 @@ def serve(
     threads: ThreadsOpt = 0,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Serve a released model over HTTP: /predict, /embed, /health, /metadata, and /search with --index."""
+    """Serve a released model over HTTP: /predict, /embed, /health, /metadata, /rerank for a
+    cross-encoder, and /search with --index."""
     from bertpress.serve import Limits
     from bertpress.serve import serve as run_server
 
@@ -262,14 +318,14 @@ def serve(
         found = VectorIndex.open(index_dir)
         found.check_bundle(model)
     version = model.path.parent.name.removeprefix("v") if source.startswith("models:/") else None
-    routes = "/predict, /embed" + (", /search" if found else "")
+    routes = "/predict, /embed" + (", /rerank" if model.task == "cross-encoder" else "") + (", /search" if found else "")
     err_console.print(f"serving {model.path} ({model.task}) on http://{host}:{port} (POST {routes})")
     run_server(model, host, port, Limits(max_batch, max_text_chars, max_body_bytes), version, found)
 
 
 def register(app: typer.Typer) -> typer.Typer:
     """Add the runtime commands to `app` (the runtime's own, or the pipeline's full one)."""
-    for command in (predict, embed, index, search, serve):
+    for command in (predict, embed, index, search, rerank, serve):
         app.command()(command)
     return app
 

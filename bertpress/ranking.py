@@ -64,6 +64,26 @@ def retrieval_metrics(rankings: Iterable[Sequence[Hashable]], judgments: Iterabl
     return out
 
 
+def top_k_dot(queries: np.ndarray, documents: np.ndarray, depth: int,
+              block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top `depth` documents of each query by dot product (cosine for unit vectors): ids and
+    scores, [queries, depth], best first (ties in document order). Blocks of queries bound memory."""
+    queries, documents = np.asarray(queries, dtype=np.float32), np.asarray(documents, dtype=np.float32)
+    depth = min(depth, len(documents))
+    ids, scores = [], []
+    for start in range(0, len(queries), block):
+        block_scores = queries[start:start + block] @ documents.T
+        top = np.argpartition(-block_scores, depth - 1, axis=1)[:, :depth]
+        top.sort(axis=1)  # document order first, so the stable sort below breaks ties by it
+        order = np.argsort(-np.take_along_axis(block_scores, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        ids.append(top)
+        scores.append(np.take_along_axis(block_scores, top, axis=1))
+    if not ids:
+        return np.zeros((0, depth), dtype=np.int64), np.zeros((0, depth), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(scores)
+
+
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks from 1, ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
     values = np.asarray(values, dtype=np.float64)

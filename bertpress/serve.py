@@ -10,6 +10,8 @@
                      "questions" + "contexts" lists; "top_k", "max_answer_length")
     POST /embed      {"texts": [...], "kind": "mean"|"pooled"|"sequence"|"hidden_states",
                       "normalize": false} -> embeddings
+    POST /rerank     (a cross-encoder bundle) {"query": "...", "passages": [...], "top_k": 10} -> the
+                     passages best first {rank, index, score, text}
     POST /search     (with --index) {"query": "..."} or {"queries": [...]}, "k": 10 -> per query its
                      hits {rank, id, score, text, metadata}, best first
 
@@ -110,6 +112,13 @@ class SearchRequest(BaseModel):
         return self
 
 
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1)
+    passages: list[str]
+    top_k: int | None = Field(None, ge=1, le=1000, description="Keep the best k (default: all).")
+
+
 class EmbedRequest(_Request):
     kind: Literal["mean", "pooled", "sequence", "hidden_states"] = "mean"
     normalize: bool = Field(False, description="L2-normalize each vector.")
@@ -152,7 +161,7 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
     def metadata() -> dict[str, Any]:
         keys = ("name", "task", "labels", "max_length", "truncation", "outputs", "variant",
                 "architecture", "metrics", "provenance", "text_pair", "aggregation", "stride",
-                "doc_stride", "max_answer_length")
+                "doc_stride", "max_answer_length", "rerank_depth")
         return {k: model.metadata.get(k) for k in keys} | {
             "version": version, "limits": asdict(limits), "providers": model.session.get_providers() if model.session else ["numpy"],
             "index": index and {"documents": len(index), "kind": index.meta["kind"], "dim": index.meta["dim"]}}
@@ -182,6 +191,22 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
         except BundleError as exc:
             raise HTTPException(400, str(exc)) from None
         return {"kind": body.kind, "embeddings": [v.tolist() for v in vectors]}
+
+    @app.post("/rerank")
+    def rerank(body: RerankRequest) -> dict[str, Any]:
+        if model.task != "cross-encoder":
+            raise HTTPException(400, f"this bundle is {model.task}: /rerank needs a cross-encoder bundle")
+        if not body.passages:
+            raise HTTPException(422, '"passages" is empty: send the candidates to re-rank')
+        passages = checked(list(body.passages))
+        if len(body.query) > limits.max_text_chars:
+            raise HTTPException(413, f"the query has {len(body.query)} characters; the limit is "
+                                     f"{limits.max_text_chars} (--max-text-chars)")
+        try:
+            return {"query": body.query, "results": model.head.rerank(body.query, passages, body.top_k,
+                                                                      batch_size=limits.max_batch)}
+        except InputError as exc:
+            raise HTTPException(400, str(exc)) from None
 
     @app.post("/search")
     def search(body: SearchRequest) -> dict[str, Any]:

@@ -135,6 +135,11 @@ def write_predictions(rows: Iterable[dict[str, Any]], labels: Sequence[str], fmt
                 for e in row["entities"]:
                     writer.writerow([n, e["type"], e["text"], e["start"], e["end"], f"{e['score']:.6f}"])
             return
+        if rows and "label" not in rows[0]:  # relevance scores of (query, passage) pairs
+            writer.writerow(["text", "text_pair", "score", "probability"])
+            for row in rows:
+                writer.writerow([*row["text"], f"{row['score']:.6f}", f"{row['probability']:.6f}"])
+            return
         writer.writerow(["text", "label", "score", *(f"p_{label}" for label in labels)])
         for row in rows:
             text = row["text"] if isinstance(row["text"], str) else " ||| ".join(row["text"])

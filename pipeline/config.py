@@ -90,6 +90,26 @@ class QuestionAnsweringTask(_Section):
     n_best: int = Field(20, ge=1, le=100, description="Start and end candidates per window.")
 
 
+class CrossEncoderTask(_Section):
+    """Re-ranking: a cross-encoder reads a query and a passage together and gives one relevance
+    logit; it reorders the top hits of an embedding retriever."""
+
+    type: Literal["cross-encoder"]
+    retriever: str = Field(
+        "builtin:minilm-l6", description="The first-stage retriever whose top hits are re-ranked and whose "
+        "misses are the hard negatives: a sentence-transformers model directory (or builtin:minilm-l6), or "
+        "a bertpress sentence-embedding bundle directory.")
+    rerank_depth: int = Field(50, ge=2, le=1000, description="Candidates per query the retriever hands to the "
+                              "cross-encoder (evaluation re-ranks the retriever's top rerank_depth).")
+    negatives: int = Field(3, ge=1, le=100, description="Hard negatives per training query: the retriever's "
+                           "best passages that are not relevant.")
+    k: int = Field(10, ge=1, le=100, description="Cut-off of the ranking metrics (MRR@k primary, nDCG@k).")
+    distill_loss: Literal["mse", "margin-mse"] = Field(
+        "mse", description="How the student learns the teacher's scores: MSE on the logits, or Margin-MSE "
+        "(Hofstaetter et al. 2020) on the score gap between a query's relevant and irrelevant passages. "
+        "Either is added to distill.alpha x BCE on the labels.")
+
+
 def _task_type(value: Any) -> str:
     """The task's type; a task section without one is sequence classification (the default)."""
     if isinstance(value, dict):
@@ -101,10 +121,12 @@ TaskConfig = Annotated[
     Annotated[SequenceClassificationTask, Tag("sequence-classification")]
     | Annotated[TokenClassificationTask, Tag("token-classification")]
     | Annotated[SentenceEmbeddingTask, Tag("sentence-embedding")]
-    | Annotated[QuestionAnsweringTask, Tag("question-answering")],
+    | Annotated[QuestionAnsweringTask, Tag("question-answering")]
+    | Annotated[CrossEncoderTask, Tag("cross-encoder")],
     Discriminator(_task_type),
 ]
-TASK_TYPES = ("sequence-classification", "token-classification", "sentence-embedding", "question-answering")
+TASK_TYPES = ("sequence-classification", "token-classification", "sentence-embedding", "question-answering",
+              "cross-encoder")
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio")
 
 
@@ -729,6 +751,9 @@ class PipelineConfig(_Section):
         if self.task.type == "question-answering":
             self._question_answering_needs()
             return
+        if self.task.type == "cross-encoder":
+            self._cross_encoder_needs()
+            return
         if data.source == "builtin" and (data.builtin == "wnut16") != tokens:
             kind, fix = (("a token-classification", "token-classification") if data.builtin == "wnut16"
                          else ("a labelled-text", "sequence-classification or sentence-embedding"))
@@ -791,6 +816,30 @@ class PipelineConfig(_Section):
         if "pooled" in self.export.embedding_outputs:
             raise ValueError("export.embedding_outputs: 'pooled' needs the [CLS] pooler, which a "
                              "question-answering model does not have; use sequence / hidden_states")
+
+    def _cross_encoder_needs(self) -> None:
+        data = self.data
+        if data.source != "files" or data.file_format == "sts":
+            raise ValueError("task.type cross-encoder reads files: data.source: files with data.file_format: "
+                             "squad (questions and the paragraphs they were asked about; the retriever's misses "
+                             "are the negatives), or data.file_format: table with a query column "
+                             "(data.text_column), a passage column (data.text_pair_column) and a relevance "
+                             "label or score (data.label_column)")
+        if data.file_format == "table" and not data.text_pair_column:
+            raise ValueError("task.type cross-encoder with data.file_format: table needs data.text_pair_column "
+                             "(the passage; data.text_column is the query, data.label_column its relevance)")
+        if self.static.enabled:
+            raise ValueError("static.enabled: a static (Model2Vec) student embeds sentences; it needs "
+                             "task.type: sentence-embedding")
+        if self.search.enabled:
+            raise ValueError("search.enabled: the student search covers classification tasks so far; "
+                             "set search.enabled: false and choose the student in distill.student")
+        if self.distill.augment.enabled:
+            raise ValueError("distill.augment rewrites single texts; a cross-encoder reads (query, passage) "
+                             "pairs: set distill.augment.enabled: false")
+        if self.task.rerank_depth < self.task.k:
+            raise ValueError(f"task.rerank_depth ({self.task.rerank_depth}) must be at least task.k "
+                             f"({self.task.k}): the metrics read the top k of the re-ranked candidates")
 
     def _sentence_embedding_needs(self) -> None:
         data, evaluation = self.data, self.task.evaluation

@@ -27,10 +27,12 @@ _VERSIONED_PREFIXES = ("stages.", "bertpress.")
 TASK_MODULES = {"sequence-classification": "sequence_classification",
                 "token-classification": "token_classification",
                 "sentence-embedding": "sentence_embedding",
-                "question-answering": "question_answering"}
+                "question-answering": "question_answering",
+                "cross-encoder": "cross_encoder"}
 # Training-side task modules another task reuses (sentence embeddings read labelled texts as
 # classification does): part of that task's version too.
-TASK_REUSES = {"sentence-embedding": ("sequence_classification",)}
+TASK_REUSES = {"sentence-embedding": ("sequence_classification",),
+               "cross-encoder": ("sequence_classification",)}
 
 
 def _module_file(module: str) -> Path:

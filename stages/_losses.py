@@ -169,3 +169,39 @@ def span_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
     soft = soft_target_kl(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]),
                           temperature)  # batchmean over B*2 rows: the mean of start and end
     return alpha * hard + (1.0 - alpha) * soft
+
+
+def relevance_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A cross-encoder's loss (sentence-transformers' CrossEncoder default): binary cross-entropy
+    of one relevance logit per pair against a 0/1 label (or a graded score in [0, 1])."""
+    return F.binary_cross_entropy_with_logits(scores.reshape(-1), labels.reshape(-1).to(scores.dtype))
+
+
+def margin_mse(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+               groups: torch.Tensor) -> torch.Tensor:
+    """Margin-MSE (Hofstaetter et al. 2020): for every pair of rows (i, j) of one query (same
+    `groups` value) with labels[i] > labels[j], the squared difference between the student's score
+    margin s_i - s_j and the teacher's t_i - t_j, averaged over those pairs; 0 (with a gradient
+    path) when the batch holds no such pair. Scores [B] or [B, 1]."""
+    s, t = student.reshape(-1), teacher.reshape(-1).to(student.dtype).detach()
+    y, g = labels.reshape(-1), groups.reshape(-1)
+    pairs = (g[:, None] == g[None, :]) & (y[:, None] > y[None, :])
+    if not pairs.any():
+        return s.sum() * 0.0
+    margins_s = s[:, None] - s[None, :]
+    margins_t = t[:, None] - t[None, :]
+    return ((margins_s - margins_t) ** 2)[pairs].mean()
+
+
+def score_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                            groups: torch.Tensor | None, alpha: float, kind: str = "mse") -> torch.Tensor:
+    """Re-ranking: alpha * BCE(labels) + (1 - alpha) * (MSE of the scores, or Margin-MSE over a
+    query's relevant / irrelevant rows)."""
+    hard = relevance_bce(student, labels)
+    if kind == "margin-mse":
+        if groups is None:
+            raise ValueError("margin-mse needs each row's query group")
+        soft = margin_mse(student, teacher, labels, groups)
+    else:
+        soft = F.mse_loss(student.reshape(-1), teacher.reshape(-1).to(student.dtype).detach())
+    return alpha * hard + (1.0 - alpha) * soft

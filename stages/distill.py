@@ -101,6 +101,11 @@ class DistillationTrainer(Trainer):
             optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0})
         return optimizer
 
+    def _get_train_sampler(self, *args, **kwargs):
+        if self.task.keeps_batch_order:  # the task ordered the rows (e.g. a query's pairs together)
+            return torch.utils.data.SequentialSampler(args[0] if args and args[0] is not None else self.train_dataset)
+        return super()._get_train_sampler(*args, **kwargs)
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()  # keep the columns the model doesn't take
         extra = [c for c in self.task.distillation_columns if c not in self._signature_columns]

@@ -103,7 +103,8 @@ def model_card(ctx: StageContext, task: Task, meta: dict[str, Any], bench: dict[
     variants = [v for v in ("teacher-pytorch", "teacher-stock-int8", "student-onnx", "student-int8") if v in bench]
     embeds = [o for o in meta["outputs"] if o != "logits"]
     use = {"sequence-classification": '"some text"', "token-classification": '"Barack Obama visited Paris"',
-           "question-answering": '--question "Where did he go?" --context "Barack Obama visited Paris."'}
+           "question-answering": '--question "Where did he go?" --context "Barack Obama visited Paris."',
+           "cross-encoder": '"who wrote Hamlet?" --pair "Hamlet is a tragedy by William Shakespeare."'}
     settings = ctx.read_json("student_settings")
     dcfg = DistillConfig.model_validate(settings["distill"])
     searched = settings.get("search")

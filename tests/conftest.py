@@ -135,6 +135,15 @@ def tiny_qa_run(tmp_path_factory) -> Path:
     return run_all_once(tmp_path_factory, TINY_QA)
 
 
+TINY_RERANK = "configs/tiny-rerank.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_rerank_run(tmp_path_factory) -> Path:
+    """configs/tiny-rerank.yaml (a cross-encoder re-ranker) through every stage once."""
+    return run_all_once(tmp_path_factory, TINY_RERANK)
+
+
 TINY_EMBEDDINGS = "configs/tiny-embeddings.yaml"
 
 

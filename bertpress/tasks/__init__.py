@@ -14,7 +14,8 @@ from bertpress.errors import BundleError
 if TYPE_CHECKING:
     from bertpress.runtime import Model
 
-TASKS = ("sequence-classification", "token-classification", "sentence-embedding", "question-answering")
+TASKS = ("sequence-classification", "token-classification", "sentence-embedding", "question-answering",
+         "cross-encoder")
 # Bundles written before the task seam said "text-classification".
 ALIASES = {"text-classification": "sequence-classification"}
 
@@ -35,6 +36,10 @@ def head_for(model: Model):
         from bertpress.tasks.sentence_embedding import SentenceEmbeddingHead
 
         return SentenceEmbeddingHead(model)
+    if task == "cross-encoder":
+        from bertpress.tasks.cross_encoder import CrossEncoderHead
+
+        return CrossEncoderHead(model)
     if task == "question-answering":
         from bertpress.tasks.question_answering import QuestionAnsweringHead
 

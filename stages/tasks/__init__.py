@@ -18,6 +18,10 @@ def get_task(cfg: PipelineConfig) -> Task:
         from stages.tasks.sentence_embedding import SentenceEmbedding
 
         return SentenceEmbedding(cfg)
+    if cfg.task.type == "cross-encoder":
+        from stages.tasks.cross_encoder import CrossEncoder
+
+        return CrossEncoder(cfg)
     if cfg.task.type == "question-answering":
         from stages.tasks.question_answering import QuestionAnswering
 

@@ -35,6 +35,8 @@ class Task:
     own_export: ClassVar[bool] = False
     # Whether the argmax of the outputs is a prediction (export parity counts argmax changes).
     argmax_outputs: ClassVar[bool] = True
+    # Distillation reads the train rows in their given order (a loss that pairs neighbouring rows).
+    keeps_batch_order: bool = False
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg

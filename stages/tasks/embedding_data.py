@@ -63,6 +63,20 @@ def read_squad(path: Path) -> list[dict]:
     return articles
 
 
+def squad_corpus(articles: list[dict], roles: list[str]) -> tuple[list[str], list[str], dict[str, list[tuple[str, int]]]]:
+    """Every paragraph (a document; its id is its position), the split of each document's article
+    (`roles`, one per article), and per split its questions with the id of their paragraph."""
+    documents: list[str] = []
+    parts: list[str] = []
+    questions: dict[str, list[tuple[str, int]]] = {"train": [], "validation": [], "test": []}
+    for article, part in zip(articles, roles, strict=True):
+        for paragraph in article["paragraphs"]:
+            questions[part] += [(q, len(documents)) for q in paragraph["questions"]]
+            documents.append(paragraph["context"])
+            parts.append(part)
+    return documents, parts, questions
+
+
 def retrieval_splits(articles: list[dict], every: int, validation_share: float, seed: int,
                      queries: str = "test-articles") -> tuple[DatasetDict, dict]:
     """ReQA-style splits. Articles whose index % every == every - 1 are test articles (SQuAD dev
@@ -72,16 +86,9 @@ def retrieval_splits(articles: list[dict], every: int, validation_share: float, 
     (queries="all": the train articles' questions were distillation inputs, without labels).
     Train: the train articles' paragraphs and questions (distillation texts)."""
     roles = article_parts(len(articles), every, validation_share, seed)
-    documents: list[tuple[str, int]] = []
-    questions: dict[str, list[tuple[str, int]]] = {"train": [], "validation": [], "test": []}
-    train_docs: list[str] = []
-    for article, part in zip(articles, roles, strict=True):
-        for paragraph in article["paragraphs"]:
-            group = len(documents)
-            documents.append((paragraph["context"], group))
-            questions[part] += [(q, group) for q in paragraph["questions"]]
-            if part == "train":
-                train_docs.append(paragraph["context"])
+    texts, parts, questions = squad_corpus(articles, roles)
+    documents = [(text, group) for group, text in enumerate(texts)]
+    train_docs = [text for text, part in zip(texts, parts, strict=True) if part == "train"]
     if not questions["test"] or not documents:
         raise StageError("the SQuAD file has no test-article questions: it needs at least "
                          f"{every} articles (data.squad_every)")

@@ -30,7 +30,13 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from bertpress.embeddings import l2_normalize, mean_pool
-from bertpress.ranking import label_retrieval_metrics, retrieval_metrics, spearman, top_k_overlap
+from bertpress.ranking import (
+    label_retrieval_metrics,
+    retrieval_metrics,
+    spearman,
+    top_k_dot,
+    top_k_overlap,
+)
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._hf import (
     MODEL_INPUTS,
@@ -359,13 +365,8 @@ def passage_retrieval_metrics(vectors: np.ndarray, groups: np.ndarray, roles: np
     documents are those of its group."""
     queries, documents = vectors[roles == ed.QUERY], vectors[roles == ed.DOCUMENT]
     q_groups, d_groups = groups[roles == ed.QUERY], groups[roles == ed.DOCUMENT]
-    depth = min(max(100, k), len(documents))
-    rankings = []
-    for start in range(0, len(queries), 1024):
-        scores = queries[start:start + 1024] @ documents.T
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
-        rankings += [list(d_groups[row]) for row in np.take_along_axis(top, order, axis=1)]
+    top, _ = top_k_dot(queries, documents, max(100, k))
+    rankings = [list(d_groups[row]) for row in top]
     judged = retrieval_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
     return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
 

@@ -1,0 +1,182 @@
+"""Re-ranking through every stage on the tiny cross-encoder config (a random BERT, a small SQuAD-format
+file, the built-in MiniLM as the retriever): real outputs of each stage, a second run of all cache
+hits, the bundle re-ranking with torch blocked (`rerank`, `predict` on pairs, `search --rerank`),
+and `serve`'s POST /rerank."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import (
+    TINY_RERANK,
+    assert_rerun_is_all_cache_hits,
+    cli_status,
+    embedding_bundle,
+    served,
+)
+from conftest import http_call as post
+from conftest import stage_manifest as manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_TORCH = [sys.executable, str(ROOT / "tests" / "no_torch.py")]
+CANDIDATES = ["anna diaz lives in oslo .", "bruno berg works as a chef .", "the market opened early on monday .",
+              "anna silva lives in lima ."]
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_rerank_run) -> dict[str, dict]:
+    return cli_status(tiny_rerank_run, config=TINY_RERANK)
+
+
+@pytest.fixture(scope="module")
+def bundle(rows) -> Path:
+    return Path(rows["release"]["path"]) / "bundle"
+
+
+def test_data_stage_builds_candidates_from_the_retriever(rows):
+    from datasets import load_from_disk
+
+    path, m = manifest(rows, "data")
+    report = json.loads((path / "data_report.json").read_text())
+    assert report["task"] == "cross-encoder" and report["id2label"] == {"0": "relevance"}
+    assert report["documents"] == 90 and report["queries"] == {"train": 96, "validation": 24, "test": 60}
+    # train: each question with its paragraph and 3 hard negatives; evaluation: the retriever's top 10
+    assert report["pairs"] == {"train": 96 * 4, "validation": 24 * 10, "test": 60 * 10}
+    assert report["relevant_pairs"]["train"] == 96
+    retriever = report["retriever_test"]
+    assert 0 < retriever["mrr_at_5"] <= retriever["recall_at_5"] <= 1
+    assert m["metrics"]["data/retriever_test_mrr_at_5"] == pytest.approx(retriever["mrr_at_5"])
+    splits = load_from_disk(str(path / "dataset"))
+    test_passages = set(splits["test"].filter(lambda r: r["label"] > 0)["text_pair"])
+    assert not test_passages & set(splits["train"]["text_pair"])  # negatives come from train articles only
+    # the negatives are hard: they share a name with the question (the retriever found them)
+    negatives = splits["train"].filter(lambda r: r["label"] == 0)
+    shared = [bool(set(q.split()[2:4]) & set(p.split())) for q, p in zip(negatives["text"], negatives["text_pair"],
+                                                                       strict=True)]
+    assert np.mean(shared) > 0.5
+
+
+@pytest.mark.parametrize("stage", ["finetune", "distill"])
+def test_training_stages_report_ranking_metrics(rows, stage):
+    _, m = manifest(rows, stage)
+    metrics = m["metrics"]
+    assert 0 <= metrics["test/recall_at_1"] <= metrics["test/mrr_at_5"] <= metrics["test/recall_at_5"] <= 1
+    assert 0 < metrics["test/ndcg_at_5"] <= 1
+
+
+def test_export_has_one_logit_with_parity(rows):
+    path, m = manifest(rows, "export")
+    for role in ("teacher", "student"):
+        for variant in ("onnx", "fused"):
+            assert m["metrics"][f"{role}/{variant}_max_abs_diff"] < 1e-4
+    session = ort.InferenceSession(str(path / "student" / "model_fused.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.ones((3, 9), dtype=np.int64) for i in session.get_inputs()}
+    assert session.run(["logits"], feed)[0].shape == (3, 1)
+
+
+def test_int8_is_selected_on_mrr_with_integer_ops(rows):
+    path, _ = manifest(rows, "quantize")
+    report = json.loads((path / "quantize_report.json").read_text())
+    assert report["primary_metric"] == "mrr_at_5"
+    assert "ndcg_at_5" in report["candidates"][report["selected"]]
+    ops = {n.op_type for n in onnx.load(str(path / "student_int8" / "model.onnx")).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops or "QuantizeLinear" in ops
+
+
+def test_benchmark_has_the_stock_optimum_model_and_pair_throughput(rows):
+    path, _ = manifest(rows, "benchmark")
+    report = json.loads((path / "benchmark.json").read_text())
+    assert report["task"] == "cross-encoder" and report["primary_metric"] == "mrr_at_5"
+    v = report["variants"]
+    assert set(v) >= {"teacher-pytorch", "teacher-stock-int8", "student-onnx", "student-int8"}
+    for r in v.values():
+        assert 0 <= r["recall_at_1"] <= r["mrr_at_5"] <= 1 and r["throughput_real"]["32"] > 0
+    assert v["student-onnx"]["mrr_at_5"] == pytest.approx(v["student-pytorch"]["mrr_at_5"], abs=0.02)
+    assert "| test MRR@5 | test nDCG@5 | test R@1 |" in (path / "results.md").read_text()
+
+
+def test_second_run_is_all_cache_hits(tiny_rerank_run, rows):
+    assert_rerun_is_all_cache_hits(tiny_rerank_run, TINY_RERANK, "bertpress-tiny-rerank", rows)
+
+
+def no_torch(*args: str) -> list[dict]:
+    proc = subprocess.run([*NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_rerank_orders_candidates_without_torch(bundle, tmp_path):
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["task"] == "cross-encoder" and meta["rerank_depth"] == 10
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text("\n".join(json.dumps({"id": f"c{i}", "text": t, "source": "test"})
+                                    for i, t in enumerate(CANDIDATES)))
+    # batch size 1: dynamic INT8 scales depend on what shares a batch, and predict below scores alone
+    ranked = no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?", "--input", str(candidates),
+                      "--batch-size", "1")
+    assert sorted(r["id"] for r in ranked) == ["c0", "c1", "c2", "c3"] and all(r["source"] == "test" for r in ranked)
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4]
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    # the same scores as scoring each pair on its own (predict on pairs), and --top-k keeps the best
+    scored = no_torch("predict", str(bundle), "where does anna diaz live ?", "--pair", ranked[0]["text"])
+    assert scored[0]["score"] == pytest.approx(ranked[0]["score"], abs=1e-4) and 0 < scored[0]["probability"] < 1
+    top = no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?", "--top-k", "2", "--batch-size",
+                   "1", *CANDIDATES)
+    assert [r["text"] for r in top] == [r["text"] for r in ranked[:2]]
+    proc = subprocess.run([*NO_TORCH, "rerank", str(bundle), *CANDIDATES], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--query" in proc.stderr
+
+
+def test_search_retrieves_then_reranks(bundle, tmp_path):
+    encoder = embedding_bundle(tmp_path / "encoder", seed=3)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(CANDIDATES)))
+    no_torch("index", str(encoder), "--input", str(corpus), "--out", str(tmp_path / "index"))
+    plain = no_torch("search", str(tmp_path / "index"), "where does anna diaz live ?", "-k", "4")[0]["hits"]
+    [row] = no_torch("search", str(tmp_path / "index"), "where does anna diaz live ?", "-k", "2",
+                     "--rerank", str(bundle))
+    hits = row["hits"]
+    assert len(hits) == 2 and [h["rank"] for h in hits] == [1, 2]
+    by_id = {h["id"]: h for h in plain}
+    for h in hits:  # the retriever's rank and cosine are kept beside the cross-encoder's score
+        assert h["retriever_rank"] == by_id[h["id"]]["rank"]
+        assert h["retriever_score"] == pytest.approx(by_id[h["id"]]["score"])
+    # the same candidates in one batch: the same scores, so the same best two
+    direct = {r["text"]: r["score"] for r in no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?",
+                                                      *CANDIDATES)}
+    assert [h["score"] for h in hits] == pytest.approx(sorted(direct.values(), reverse=True)[:2], abs=1e-4)
+    assert all(direct[h["text"]] == pytest.approx(h["score"], abs=1e-4) for h in hits)
+    wrong = subprocess.run([*NO_TORCH, "search", str(tmp_path / "index"), "q", "--rerank", str(encoder)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "cross-encoder" in wrong.stderr
+
+
+@pytest.fixture(scope="module")
+def rerank_server(bundle):
+    with served(bundle) as base:
+        yield base
+
+
+def test_serve_reranks_over_http(rerank_server):
+    status, body = post(rerank_server, "/rerank", {"query": "where does anna diaz live ?", "passages": CANDIDATES,
+                                                   "top_k": 3})
+    assert status == 200 and [r["rank"] for r in body["results"]] == [1, 2, 3]
+    assert {r["text"] for r in body["results"]} <= set(CANDIDATES)
+    assert all(CANDIDATES[r["index"]] == r["text"] for r in body["results"])
+    best = body["results"][0]["text"]
+    status, alone = post(rerank_server, "/rerank", {"query": "where does anna diaz live ?", "passages": [best]})
+    status, scored = post(rerank_server, "/predict", {"text": "where does anna diaz live ?", "text_pair": best})
+    assert status == 200 and scored["predictions"][0]["score"] == pytest.approx(alone["results"][0]["score"], abs=1e-4)
+    assert post(rerank_server, "/rerank", {"query": "q", "passages": []})[0] == 422
+    assert post(rerank_server, "/rerank", {"passages": ["p"]})[0] == 422
+    status, meta = post(rerank_server, "/metadata")
+    assert meta["task"] == "cross-encoder" and meta["rerank_depth"] == 10
