@@ -791,11 +791,19 @@ class PipelineConfig(_Section):
                              "alignment of token classification; set distill.augment.enabled: false")
 
 
-    def _question_answering_needs(self) -> None:
-        data = self.data
+    def _no_static_tier(self) -> None:
         if self.static.enabled:
             raise ValueError("static.enabled: a static (Model2Vec) student embeds sentences; it needs "
                              "task.type: sentence-embedding")
+
+    def _no_student_search(self) -> None:
+        if self.search.enabled:
+            raise ValueError("search.enabled: the student search covers classification tasks so far; "
+                             "set search.enabled: false and choose the student in distill.student")
+
+    def _question_answering_needs(self) -> None:
+        data = self.data
+        self._no_static_tier()
         if data.source == "builtin":
             raise ValueError("task.type question-answering has no built-in data: set data.source: files "
                              "with data.files.train: <SQuAD-format .json, or .jsonl rows with question, "
@@ -807,9 +815,7 @@ class PipelineConfig(_Section):
             raise ValueError(f"task.doc_stride ({self.task.doc_stride}) must be below half of data.max_length "
                              f"({data.max_length // 2}): the question shares each window, and each window "
                              "must move forward")
-        if self.search.enabled:
-            raise ValueError("search.enabled: the student search covers classification tasks so far; "
-                             "set search.enabled: false and choose the student in distill.student")
+        self._no_student_search()
         if self.distill.augment.enabled:
             raise ValueError("distill.augment rewrites texts, which would move the answer spans; set "
                              "distill.augment.enabled: false")
@@ -828,12 +834,8 @@ class PipelineConfig(_Section):
         if data.file_format == "table" and not data.text_pair_column:
             raise ValueError("task.type cross-encoder with data.file_format: table needs data.text_pair_column "
                              "(the passage; data.text_column is the query, data.label_column its relevance)")
-        if self.static.enabled:
-            raise ValueError("static.enabled: a static (Model2Vec) student embeds sentences; it needs "
-                             "task.type: sentence-embedding")
-        if self.search.enabled:
-            raise ValueError("search.enabled: the student search covers classification tasks so far; "
-                             "set search.enabled: false and choose the student in distill.student")
+        self._no_static_tier()
+        self._no_student_search()
         if self.distill.augment.enabled:
             raise ValueError("distill.augment rewrites single texts; a cross-encoder reads (query, passage) "
                              "pairs: set distill.augment.enabled: false")
@@ -855,9 +857,7 @@ class PipelineConfig(_Section):
         if evaluation == "retrieval" and not (data.source == "files" and data.file_format == "squad"):
             raise ValueError("task.evaluation: retrieval reads a SQuAD-format file: data.source: files, "
                              "data.file_format: squad, data.files.train: <file.json>")
-        if self.search.enabled:
-            raise ValueError("search.enabled: the student search covers classification tasks so far; "
-                             "set search.enabled: false and choose the student in distill.student")
+        self._no_student_search()
         if "pooled" in self.export.embedding_outputs:
             raise ValueError("export.embedding_outputs: 'pooled' needs the [CLS] pooler, which a "
                              "sentence-embedding model does not have (its output is the embedding)")

@@ -217,6 +217,17 @@ def embedding_bundle(root: Path, seed: int, name: str = "t") -> Path:
     return write_bundle(root / "bundle", onnx_path, root / "tok" / "tokenizer.json", ["sequence"], name=name)
 
 
+# -- the runtime with torch blocked ---------------------------------------------------------------
+NO_TORCH = [sys.executable, str(REPO_ROOT / "tests" / "no_torch.py")]
+
+
+def no_torch_rows(*args: str) -> list[dict]:
+    """`bertpress <args>` with the training stack blocked (tests/no_torch.py); its JSONL output."""
+    proc = subprocess.run([*NO_TORCH, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
 # -- servers started by tests ------------------------------------------------------------------
 def free_port() -> int:
     import socket

@@ -6,9 +6,6 @@ gates deciding on entity F1."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,10 +20,9 @@ from conftest import (
     served,
 )
 from conftest import http_call as post
+from conftest import no_torch_rows as no_torch
 from conftest import stage_manifest as manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-NO_TORCH = [sys.executable, str(ROOT / "tests" / "no_torch.py")]
 LABELS = ["O", "B-location", "I-location", "B-organization", "I-organization", "B-person", "I-person"]
 
 
@@ -99,12 +95,6 @@ def test_benchmark_has_the_stock_token_classifier_and_entity_metrics(rows):
 
 def test_second_run_is_all_cache_hits(tiny_ner_run, rows):
     assert_rerun_is_all_cache_hits(tiny_ner_run, TINY_NER, "bertpress-tiny-ner", rows)
-
-
-def no_torch(*args: str) -> list[dict]:
-    proc = subprocess.run([*NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 def test_bundle_predicts_entities_without_torch(tiny_ner_bundle):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import (
+    NO_TORCH,
     TINY_RERANK,
     assert_rerun_is_all_cache_hits,
     cli_status,
@@ -23,10 +23,10 @@ from conftest import (
     served,
 )
 from conftest import http_call as post
+from conftest import no_torch_rows as no_torch
 from conftest import stage_manifest as manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_TORCH = [sys.executable, str(ROOT / "tests" / "no_torch.py")]
 CANDIDATES = ["anna diaz lives in oslo .", "bruno berg works as a chef .", "the market opened early on monday .",
               "anna silva lives in lima ."]
 
@@ -105,12 +105,6 @@ def test_benchmark_has_the_stock_optimum_model_and_pair_throughput(rows):
 
 def test_second_run_is_all_cache_hits(tiny_rerank_run, rows):
     assert_rerun_is_all_cache_hits(tiny_rerank_run, TINY_RERANK, "bertpress-tiny-rerank", rows)
-
-
-def no_torch(*args: str) -> list[dict]:
-    proc = subprocess.run([*NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
 def test_rerank_orders_candidates_without_torch(bundle, tmp_path):
