@@ -391,7 +391,11 @@ def run(ctx: StageContext) -> StageResult:
               f"({report['threads']} threads, AVX512-VNNI: {report['cpu']['avx512_vnni']}).\n\n")
     isa = ", ".join(f"{k}: {v}" for k, v in report["cpu"].items() if k not in ("model", "cores"))
     pareto = f"\nPareto front ({labels[metric]} vs batch-1 latency): {', '.join(report['pareto_front'])}.\n"
-    extra = agreement_markdown(results, reference) + retrieval_markdown(results)
+    references = task.reference_rows(test)
+    if references:
+        report["references"] = references
+        save_json(ctx.out / "benchmark.json", report)
+    extra = references_markdown(references, labels) + agreement_markdown(results, reference) + retrieval_markdown(results)
     extra += f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
     search = ctx.read_json("search_result")
     outputs = {}
@@ -422,6 +426,8 @@ def run(ctx: StageContext) -> StageResult:
         for length, stats in r["by_length"].items():
             metrics[f"bench/{name}/latency_p50_ms_len{length}"] = stats["p50_ms"]
             metrics[f"bench/{name}/throughput_per_s_len{length}"] = stats["throughput_per_s"]
+    for name, r in references.items():
+        metrics |= {f"bench/{name}/test_{m}": r[m] for m in labels}
     for name, cells in sweeps.items():
         for cell, v in cells.items():
             metrics[f"sweep/{name}/{cell}/p50_ms"] = v["p50_ms"]
@@ -430,6 +436,16 @@ def run(ctx: StageContext) -> StageResult:
         outputs={"benchmark_report": "benchmark.json", "results_table": "results.md",
                  "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"} | outputs,
     )
+
+
+def references_markdown(references: dict[str, dict[str, float]], labels: dict[str, str]) -> str:
+    """Systems beside the variants (no model timed), e.g. the retriever a re-ranker improves on."""
+    if not references:
+        return ""
+    lines = ["\n## Without the model\n", "| system | " + " | ".join(f"test {label}" for label in labels.values()) + " |",
+             "|---|" + "---|" * len(labels)]
+    lines += [f"| {name} | " + " | ".join(f"{r[m]:.4f}" for m in labels) + " |" for name, r in references.items()]
+    return "\n".join(lines) + "\n"
 
 
 def retrieval_markdown(results: dict[str, dict]) -> str:

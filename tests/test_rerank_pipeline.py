@@ -100,7 +100,12 @@ def test_benchmark_has_the_stock_optimum_model_and_pair_throughput(rows):
     for r in v.values():
         assert 0 <= r["recall_at_1"] <= r["mrr_at_5"] <= 1 and r["throughput_real"]["32"] > 0
     assert v["student-onnx"]["mrr_at_5"] == pytest.approx(v["student-pytorch"]["mrr_at_5"], abs=0.02)
-    assert "| test MRR@5 | test nDCG@5 | test R@1 |" in (path / "results.md").read_text()
+    table = (path / "results.md").read_text()
+    assert "| test MRR@5 | test nDCG@5 | test R@1 |" in table and "| retriever-alone |" in table
+    # the retriever alone, on the same candidates: what the data stage measured
+    data_path, _ = manifest(rows, "data")
+    retriever = json.loads((data_path / "data_report.json").read_text())["retriever_test"]
+    assert report["references"]["retriever-alone"]["mrr_at_5"] == pytest.approx(retriever["mrr_at_5"])
 
 
 def test_second_run_is_all_cache_hits(tiny_rerank_run, rows):

@@ -134,6 +134,11 @@ class Task:
         for tasks that do not retrieve."""
         return None
 
+    def reference_rows(self, split: Dataset) -> dict[str, dict[str, float]]:
+        """Metrics of systems that are not model variants, on the benchmark's test rows (a
+        re-ranker's first-stage retriever alone); {} when there are none."""
+        return {}
+
     def export_checks(self, model_dir, onnx_path, texts: list[str]) -> dict[str, float]:
         """Task-specific checks of an exported graph against the library that defines the model
         (raise StageError on failure); recorded in the export's parity report."""

@@ -188,6 +188,13 @@ class CrossEncoder(Task):
         return score_distillation_loss(student_logits, teacher_logits, inputs["labels"], inputs.get(rd.QUERY_ID),
                                        alpha, self.cfg.task.distill_loss)
 
+    def reference_rows(self, split: Dataset) -> dict[str, dict[str, float]]:
+        """The retriever alone: the same candidates in the retriever's order."""
+        scores = np.asarray(split[rd.RETRIEVER_SCORE], dtype=np.float64)
+        if np.isnan(scores).any():  # judged pairs from a table: no retriever ranked them
+            return {}
+        return {"retriever-alone": rd.ranking_of(split, scores=scores, k=self.k)}
+
     # -- release -------------------------------------------------------------------------------
     def score_bundle(self, model, split: Dataset) -> dict[str, float]:
         # A query's candidates are scored together, as a re-ranking service scores them.
