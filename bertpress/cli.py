@@ -286,10 +286,18 @@ def rerank(
     model = open_model(source, threads, tracking_uri)
     if model.task != "cross-encoder":
         raise InputError(f"rerank needs a cross-encoder bundle; {model.path} is {model.task}")
-    ranked = model.head.rerank(query, texts, top_k=top_k, batch_size=batch_size)
+    # Candidates that carry their retriever's score (as `search` writes them) are fused with it
+    # when the bundle was trained so.
+    retriever_scores = None
+    if all(isinstance(r.get("score"), int | float) and not isinstance(r.get("score"), bool) for r in records):
+        retriever_scores = [float(r["score"]) for r in records]
+    ranked = model.head.rerank(query, texts, top_k=top_k, batch_size=batch_size, retriever_scores=retriever_scores)
     with _output(output) as out:
         for r in ranked:
-            row = {"rank": r["rank"], "score": r["score"]} | records[r["index"]]
+            row = {"rank": r["rank"], "score": r["score"]} | ({"fused_score": r["fused_score"]} if "fused_score" in r
+                                                             else {})
+            row |= {k: v for k, v in records[r["index"]].items() if k not in row} | (
+                {"retriever_score": records[r["index"]]["score"]} if retriever_scores else {})
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

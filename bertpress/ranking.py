@@ -84,6 +84,36 @@ def top_k_dot(queries: np.ndarray, documents: np.ndarray, depth: int,
     return np.concatenate(ids), np.concatenate(scores)
 
 
+def _standardised(x: np.ndarray) -> np.ndarray:
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def fuse_scores(reranker: Sequence[float], retriever: Sequence[float], retriever_weight: float,
+                groups: Sequence[Hashable] | None = None) -> np.ndarray:
+    """Score fusion of a re-ranker with its first-stage retriever (the convex combination of hybrid
+    retrieval): (1 - w) x z(re-ranker) + w x z(retriever), each score z-standardised over the
+    candidates of its query (`groups`: the query of each row; None: all rows are one query's), so
+    logits and cosines meet on one scale. w = 0 returns the re-ranker's scores unchanged."""
+    reranker = np.asarray(reranker, dtype=np.float64)
+    retriever = np.asarray(retriever, dtype=np.float64)
+    if reranker.shape != retriever.shape or reranker.ndim != 1:
+        raise ValueError(f"one re-ranker and one retriever score per candidate, got {reranker.shape} and {retriever.shape}")
+    if not 0.0 <= retriever_weight <= 1.0:
+        raise ValueError(f"retriever_weight is a share in [0, 1], got {retriever_weight}")
+    if retriever_weight == 0.0:
+        return reranker
+    if np.isnan(retriever).any():
+        raise ValueError("fusion needs a retriever score for every candidate; some are missing (NaN)")
+    keys = np.zeros(len(reranker), dtype=np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    out = np.empty_like(reranker)
+    for key in np.unique(keys):
+        rows = keys == key
+        out[rows] = ((1 - retriever_weight) * _standardised(reranker[rows])
+                     + retriever_weight * _standardised(retriever[rows]))
+    return out
+
+
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks from 1, ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
     values = np.asarray(values, dtype=np.float64)

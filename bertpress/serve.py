@@ -117,6 +117,8 @@ class RerankRequest(BaseModel):
     query: str = Field(min_length=1)
     passages: list[str]
     top_k: int | None = Field(None, ge=1, le=1000, description="Keep the best k (default: all).")
+    retriever_scores: list[float] | None = Field(None, description="The first-stage score of each passage: "
+                                                 "fused into the order when the bundle was trained so.")
 
 
 class EmbedRequest(_Request):
@@ -204,7 +206,8 @@ def create_app(model: Model, limits: Limits = Limits(), version: str | None = No
                                      f"{limits.max_text_chars} (--max-text-chars)")
         try:
             return {"query": body.query, "results": model.head.rerank(body.query, passages, body.top_k,
-                                                                      batch_size=limits.max_batch)}
+                                                                      batch_size=limits.max_batch,
+                                                                      retriever_scores=body.retriever_scores)}
         except InputError as exc:
             raise HTTPException(400, str(exc)) from None
 

@@ -108,6 +108,11 @@ class CrossEncoderTask(_Section):
         "mse", description="How the student learns the teacher's scores: MSE on the logits, or Margin-MSE "
         "(Hofstaetter et al. 2020) on the score gap between a query's relevant and irrelevant passages. "
         "Either is added to distill.alpha x BCE on the labels.")
+    retriever_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of the first-stage retriever's score in the final order: "
+        "(1 - w) x z(cross-encoder) + w x z(retriever), each standardised over a query's candidates (hybrid "
+        "score fusion). 0: the cross-encoder alone. Used wherever retriever scores exist (SQuAD evaluation, "
+        "search --rerank, candidates with a score); the cross-encoder-alone metrics are reported beside it.")
 
 
 def _task_type(value: Any) -> str:

@@ -427,7 +427,7 @@ def run(ctx: StageContext) -> StageResult:
             metrics[f"bench/{name}/latency_p50_ms_len{length}"] = stats["p50_ms"]
             metrics[f"bench/{name}/throughput_per_s_len{length}"] = stats["throughput_per_s"]
     for name, r in references.items():
-        metrics |= {f"bench/{name}/test_{m}": r[m] for m in labels}
+        metrics |= {f"bench/{name}/test_{m}": r[m] for m in labels if m in r}
     for name, cells in sweeps.items():
         for cell, v in cells.items():
             metrics[f"sweep/{name}/{cell}/p50_ms"] = v["p50_ms"]
@@ -444,7 +444,8 @@ def references_markdown(references: dict[str, dict[str, float]], labels: dict[st
         return ""
     lines = ["\n## Without the model\n", "| system | " + " | ".join(f"test {label}" for label in labels.values()) + " |",
              "|---|" + "---|" * len(labels)]
-    lines += [f"| {name} | " + " | ".join(f"{r[m]:.4f}" for m in labels) + " |" for name, r in references.items()]
+    lines += [f"| {name} | " + " | ".join(f"{r[m]:.4f}" if m in r else "n/a" for m in labels) + " |"
+              for name, r in references.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertpress.ranking import top_k_dot
+from bertpress.ranking import fuse_scores, top_k_dot
 from bertpress.tasks.cross_encoder import relevance
 from pipeline.config import ConfigError, load_config
 from stages._losses import margin_mse, relevance_bce, score_distillation_loss
@@ -132,6 +132,34 @@ def test_the_runtime_reads_one_logit_or_a_two_class_head():
         relevance(np.zeros((2, 3)))
 
 
+# -- score fusion ---------------------------------------------------------------------------------
+def test_fusion_by_hand():
+    reranker, retriever = [1.0, 2.0, 3.0], [0.9, 0.6, 0.3]  # z-scores: [-a, 0, a] and [a, 0, -a]
+    a = math.sqrt(1.5)
+    assert fuse_scores(reranker, retriever, 0.25) == pytest.approx([-0.5 * a, 0.0, 0.5 * a])
+    assert fuse_scores(reranker, retriever, 0.5) == pytest.approx([0.0, 0.0, 0.0])
+    assert fuse_scores(reranker, retriever, 1.0) == pytest.approx([a, 0.0, -a])  # the retriever's order
+    assert fuse_scores(reranker, [np.nan] * 3, 0.0).tolist() == reranker  # w = 0: the re-ranker as it is
+
+
+def test_fusion_standardises_each_query_apart():
+    # the second query's scores are 100x larger: alone, they would swamp the first's
+    groups = ["a", "a", "b", "b"]
+    fused = fuse_scores([0.0, 1.0, 0.0, 100.0], [0.2, 0.1, 5.0, 5.0], 0.4, groups)
+    assert fused == pytest.approx([-0.2, 0.2, -0.6, 0.6])  # b's retriever ties: its z-scores are 0
+    assert fused[:2] == pytest.approx(fuse_scores([0.0, 1.0], [0.2, 0.1], 0.4))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (([1.0, 2.0], [1.0], 0.5), "one re-ranker and one retriever score"),
+    (([1.0, 2.0], [1.0, 2.0], 1.5), r"in \[0, 1\]"),
+    (([1.0, 2.0], [1.0, np.nan], 0.5), "missing"),
+])
+def test_fusion_refuses_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        fuse_scores(*args)
+
+
 # -- config ---------------------------------------------------------------------------------------
 TINY = "configs/tiny-rerank.yaml"
 
@@ -144,6 +172,7 @@ TINY = "configs/tiny-rerank.yaml"
     (["distill.augment.enabled=true"], "distill.augment"),
     (["task.distill_loss=kl"], "task.distill_loss"),
     (["task.stride=3"], "unknown key for task.type cross-encoder"),
+    (["task.retriever_weight=2"], "task.retriever_weight"),
 ])
 def test_config_errors_name_the_key_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):

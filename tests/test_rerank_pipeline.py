@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from bertpress.ranking import fuse_scores
 from conftest import (
     NO_TORCH,
     TINY_RERANK,
@@ -70,6 +71,8 @@ def test_training_stages_report_ranking_metrics(rows, stage):
     metrics = m["metrics"]
     assert 0 <= metrics["test/recall_at_1"] <= metrics["test/mrr_at_5"] <= metrics["test/recall_at_5"] <= 1
     assert 0 < metrics["test/ndcg_at_5"] <= 1
+    # the config fuses the retriever's score in: the cross-encoder alone is reported beside it
+    assert 0 <= metrics["test/cross_encoder_recall_at_1"] <= metrics["test/cross_encoder_mrr_at_5"] <= 1
 
 
 def test_export_has_one_logit_with_parity(rows):
@@ -101,7 +104,8 @@ def test_benchmark_has_the_stock_optimum_model_and_pair_throughput(rows):
         assert 0 <= r["recall_at_1"] <= r["mrr_at_5"] <= 1 and r["throughput_real"]["32"] > 0
     assert v["student-onnx"]["mrr_at_5"] == pytest.approx(v["student-pytorch"]["mrr_at_5"], abs=0.02)
     table = (path / "results.md").read_text()
-    assert "| test MRR@5 | test nDCG@5 | test R@1 |" in table and "| retriever-alone |" in table
+    assert "| test MRR@5 | test nDCG@5 | test R@1 | test MRR@5 (cross-encoder alone) |" in table
+    assert "| retriever-alone |" in table
     # the retriever alone, on the same candidates: what the data stage measured
     data_path, _ = manifest(rows, "data")
     retriever = json.loads((data_path / "data_report.json").read_text())["retriever_test"]
@@ -114,7 +118,7 @@ def test_second_run_is_all_cache_hits(tiny_rerank_run, rows):
 
 def test_rerank_orders_candidates_without_torch(bundle, tmp_path):
     meta = json.loads((bundle / "bundle.json").read_text())
-    assert meta["task"] == "cross-encoder" and meta["rerank_depth"] == 10
+    assert meta["task"] == "cross-encoder" and meta["rerank_depth"] == 10 and meta["retriever_weight"] == 0.5
     candidates = tmp_path / "candidates.jsonl"
     candidates.write_text("\n".join(json.dumps({"id": f"c{i}", "text": t, "source": "test"})
                                     for i, t in enumerate(CANDIDATES)))
@@ -133,6 +137,19 @@ def test_rerank_orders_candidates_without_torch(bundle, tmp_path):
     proc = subprocess.run([*NO_TORCH, "rerank", str(bundle), *CANDIDATES], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--query" in proc.stderr
+    # candidates that carry their retriever's score are fused with it (the bundle's retriever_weight)
+    retrieved = [0.9, 0.1, 0.5, 0.7]
+    candidates.write_text("\n".join(json.dumps({"id": f"c{i}", "text": t, "score": s})
+                                    for i, (t, s) in enumerate(zip(CANDIDATES, retrieved, strict=True))))
+    fused = no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?", "--input", str(candidates),
+                     "--batch-size", "1")
+    alone = {r["id"]: r["score"] for r in ranked}
+    expected = fuse_scores([alone[f"c{i}"] for i in range(4)], retrieved, 0.5)
+    assert [r["id"] for r in fused] == [f"c{i}" for i in np.argsort(-expected, kind="stable")]
+    for r in fused:
+        i = int(r["id"][1])
+        assert r["fused_score"] == pytest.approx(expected[i], abs=1e-3) and r["retriever_score"] == retrieved[i]
+        assert r["score"] == pytest.approx(alone[r["id"]], abs=1e-4)
 
 
 def test_search_retrieves_then_reranks(bundle, tmp_path):
@@ -149,11 +166,15 @@ def test_search_retrieves_then_reranks(bundle, tmp_path):
     for h in hits:  # the retriever's rank and cosine are kept beside the cross-encoder's score
         assert h["retriever_rank"] == by_id[h["id"]]["rank"]
         assert h["retriever_score"] == pytest.approx(by_id[h["id"]]["score"])
-    # the same candidates in one batch: the same scores, so the same best two
+    # the same candidates in one batch: the same scores; the order is their fusion with the cosines
+    # (the bundle's retriever_weight 0.5), over all four candidates (rerank_depth 10 >= 4)
     direct = {r["text"]: r["score"] for r in no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?",
                                                       *CANDIDATES)}
-    assert [h["score"] for h in hits] == pytest.approx(sorted(direct.values(), reverse=True)[:2], abs=1e-4)
     assert all(direct[h["text"]] == pytest.approx(h["score"], abs=1e-4) for h in hits)
+    fused = fuse_scores([direct[h["text"]] for h in plain], [h["score"] for h in plain], 0.5)
+    best = np.argsort(-fused, kind="stable")[:2]
+    assert [h["id"] for h in hits] == [plain[i]["id"] for i in best]
+    assert [h["fused_score"] for h in hits] == pytest.approx(fused[best].tolist(), abs=1e-3)
     wrong = subprocess.run([*NO_TORCH, "search", str(tmp_path / "index"), "q", "--rerank", str(encoder)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "cross-encoder" in wrong.stderr
@@ -177,5 +198,13 @@ def test_serve_reranks_over_http(rerank_server):
     assert status == 200 and scored["predictions"][0]["score"] == pytest.approx(alone["results"][0]["score"], abs=1e-4)
     assert post(rerank_server, "/rerank", {"query": "q", "passages": []})[0] == 422
     assert post(rerank_server, "/rerank", {"passages": ["p"]})[0] == 422
+    # with the retriever's scores the order is the fused one; one score per passage or a clear 400
+    status, body = post(rerank_server, "/rerank", {"query": "where does anna diaz live ?", "passages": CANDIDATES,
+                                                   "retriever_scores": [0.9, 0.1, 0.5, 0.7]})
+    assert status == 200 and [r["rank"] for r in body["results"]] == [1, 2, 3, 4]
+    assert [r["fused_score"] for r in body["results"]] == sorted((r["fused_score"] for r in body["results"]),
+                                                                 reverse=True)
+    status, body = post(rerank_server, "/rerank", {"query": "q", "passages": CANDIDATES, "retriever_scores": [1.0]})
+    assert status == 400 and "one per passage" in body["detail"]
     status, meta = post(rerank_server, "/metadata")
     assert meta["task"] == "cross-encoder" and meta["rerank_depth"] == 10

@@ -12,6 +12,9 @@ over a query's relevant / irrelevant pairs (task.distill_loss; Margin-MSE keeps 
 batch). With a vocabulary budget the teacher's scores are computed once on its own pieces.
 Metric: the candidates of each query re-ranked by score: MRR@k (primary), nDCG@k, Recall@1, Recall@k;
 the retriever's own ranking of the same candidates is in the data report (and beside each result).
+With task.retriever_weight > 0 the order is the cross-encoder's score fused with the retriever's
+(bertpress.ranking.fuse_scores) wherever the rows carry retriever scores, the cross-encoder alone
+reported beside it (keys prefixed cross_encoder_).
 """
 
 from __future__ import annotations
@@ -21,19 +24,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
-from transformers import BertForSequenceClassification, DataCollatorWithPadding
+from transformers import BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from bertpress.ranking import fuse_scores
 from pipeline.stage import StageError
 from stages._hf import MODEL_INPUTS
 from stages._losses import relevance_bce, score_distillation_loss
-from stages._multi_output import classifier_head
 from stages._tables import SPLITS, file_splits, read_table
 from stages.tasks import rerank_data as rd
 from stages.tasks.base import TEACHER_LOGITS, Task
-from stages.tasks.sequence_classification import teacher_logits
+from stages.tasks.sequence_classification import SequenceClassification, teacher_logits
 
 LABELS = ["relevance"]  # one logit
+ALONE = "cross_encoder_"  # metric keys of the cross-encoder alone when its scores are fused
 
 
 class RelevanceCrossEncoder(BertForSequenceClassification):
@@ -64,6 +68,9 @@ class CrossEncoder(Task):
         k = self.k = cfg.task.k
         self.primary_metric = f"mrr_at_{k}"
         self.metric_labels = {f"mrr_at_{k}": f"MRR@{k}", f"ndcg_at_{k}": f"nDCG@{k}", "recall_at_1": "R@1"}
+        self.retriever_weight = cfg.task.retriever_weight
+        if self.retriever_weight:  # the fused order is the metric; the cross-encoder alone beside it
+            self.metric_labels[f"{ALONE}mrr_at_{k}"] = f"MRR@{k} (cross-encoder alone)"
         # Margin-MSE pairs a query's rows inside a batch: they stay together (see distillation_data).
         self.keeps_batch_order = cfg.task.distill_loss == "margin-mse"
         self.distillation_columns = (TEACHER_LOGITS, rd.QUERY_ID)
@@ -132,11 +139,10 @@ class CrossEncoder(Task):
     def auto_model(self):
         return RelevanceCrossEncoder
 
-    @property
-    def ort_model(self):
-        from optimum.onnxruntime import ORTModelForSequenceClassification
-
-        return ORTModelForSequenceClassification
+    # The graph, its loader, batching and head are sequence classification's (one output).
+    ort_model = SequenceClassification.ort_model
+    collator = SequenceClassification.collator
+    head_logits = SequenceClassification.head_logits
 
     def features(self, split: Dataset, tokenizer) -> Dataset:
         """One row per pair: model inputs, the float label, and what ranking needs (query id,
@@ -147,12 +153,6 @@ class CrossEncoder(Task):
         return Dataset.from_dict({k: enc[k] for k in MODEL_INPUTS if k in enc}
                                  | {"labels": [float(v) for v in split[rd.LABEL]]} | carried)
 
-    def collator(self, tokenizer):
-        return DataCollatorWithPadding(tokenizer)
-
-    def head_logits(self, model, encoded, attention_mask=None):
-        return classifier_head(model, encoded)
-
     def save_model(self, model, tokenizer, out) -> dict[str, float]:
         from stages._hf import save_model
 
@@ -162,7 +162,18 @@ class CrossEncoder(Task):
     # -- metrics -------------------------------------------------------------------------------
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
         scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
-        return rd.ranking_of(features, scores=scores, k=self.k)
+        return self._ranking(features, scores)
+
+    def _ranking(self, split: Dataset, scores: np.ndarray) -> dict[str, float]:
+        """The candidates ranked by the cross-encoder's scores, fused with the retriever's when
+        task.retriever_weight > 0 and the split has them (then the cross-encoder alone is beside it,
+        its keys prefixed cross_encoder_)."""
+        alone = rd.ranking_of(split, scores=scores, k=self.k)
+        retriever = np.asarray(split[rd.RETRIEVER_SCORE], dtype=np.float64)
+        if not self.retriever_weight or np.isnan(retriever).any():
+            return alone
+        fused = fuse_scores(scores, retriever, self.retriever_weight, split[rd.QUERY_ID])
+        return rd.ranking_of(split, scores=fused, k=self.k) | {ALONE + key: v for key, v in alone.items()}
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
@@ -199,8 +210,8 @@ class CrossEncoder(Task):
     def score_bundle(self, model, split: Dataset) -> dict[str, float]:
         # A query's candidates are scored together, as a re-ranking service scores them.
         scores = model.head.scores(self.timing_inputs(split), batch_size=self.cfg.task.rerank_depth)
-        return rd.ranking_of(split, scores=scores, k=self.k)
+        return self._ranking(split, scores)
 
     def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"rerank_depth": self.cfg.task.rerank_depth}
+        return {"rerank_depth": self.cfg.task.rerank_depth, "retriever_weight": self.retriever_weight}
 
