@@ -294,10 +294,11 @@ def rerank(
     ranked = model.head.rerank(query, texts, top_k=top_k, batch_size=batch_size, retriever_scores=retriever_scores)
     with _output(output) as out:
         for r in ranked:
-            row = {"rank": r["rank"], "score": r["score"]} | ({"fused_score": r["fused_score"]} if "fused_score" in r
-                                                             else {})
-            row |= {k: v for k, v in records[r["index"]].items() if k not in row} | (
-                {"retriever_score": records[r["index"]]["score"]} if retriever_scores else {})
+            record = records[r["index"]]
+            row = {k: v for k, v in r.items() if k not in ("index", "text")}  # rank, score (, fused_score)
+            if retriever_scores:  # the candidate's own score was the retriever's
+                row["retriever_score"] = record["score"]
+            row |= {k: v for k, v in record.items() if k not in row and k != "score"}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

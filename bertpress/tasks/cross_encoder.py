@@ -108,6 +108,5 @@ def rerank_hits(reranker: Model, query: str, hits: list[dict[str, Any]], k: int,
         raise InputError(f"--rerank needs a cross-encoder bundle; {reranker.path} is {reranker.task}")
     ranked = reranker.head.rerank(query, [h["text"] for h in hits], top_k=k, batch_size=batch_size,
                                   retriever_scores=[h["score"] for h in hits])
-    return [hits[r["index"]] | {"rank": r["rank"], "score": r["score"], "retriever_rank": hits[r["index"]]["rank"],
-                                "retriever_score": hits[r["index"]]["score"]}
-            | ({"fused_score": r["fused_score"]} if "fused_score" in r else {}) for r in ranked]
+    return [hits[r["index"]] | {"retriever_rank": hits[r["index"]]["rank"], "retriever_score": hits[r["index"]]["score"]}
+            | {k: v for k, v in r.items() if k not in ("index", "text")} for r in ranked]
