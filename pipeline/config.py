@@ -288,6 +288,12 @@ class FinetuneConfig(TrainConfig):
         "evaluations in a row (every checkpoint_steps, else every epoch); epochs / max_steps is "
         "then the ceiling. null: train the full length (the best checkpoint is kept either way).",
     )
+    max_train_samples: int | None = Field(
+        None, ge=2,
+        description="Train the teacher on a seeded sample of this many training rows while "
+        "distillation reads all of them (a CPU-sized teacher; the student's transfer set is the "
+        "whole split). null: the teacher trains on the whole split.",
+    )
 
 
 class StudentConfig(_Section):
@@ -859,6 +865,10 @@ class PipelineConfig(_Section):
                              "(STS Benchmark files), or data.text_pair_column (+ data.label_column = the score)")
         if self.task.finetune_teacher and evaluation != "pairs":
             raise ValueError("task.finetune_teacher trains on scored pairs: it needs task.evaluation: pairs")
+        if self.finetune.max_train_samples is not None:
+            raise ValueError("finetune.max_train_samples samples the rows of the fine-tune stage's Trainer; "
+                             "a sentence-embedding teacher trains on pairs of its own: use "
+                             "data.max_train_samples")
         if evaluation == "retrieval" and not (data.source == "files" and data.file_format == "squad"):
             raise ValueError("task.evaluation: retrieval reads a SQuAD-format file: data.source: files, "
                              "data.file_format: squad, data.files.train: <file.json>")

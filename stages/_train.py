@@ -123,12 +123,13 @@ def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset, task: Task
 
 
 def training_length(trainer: Trainer) -> dict[str, float]:
-    """Steps trained, the planned ceiling and the step of the kept (best) checkpoint."""
+    """Steps trained, the planned ceiling, the step of the kept (best) checkpoint and the training
+    rows (features: a long QA context counts once per window)."""
     state = trainer.state
     best = state.best_model_checkpoint
     best_step = int(best.rsplit("-", 1)[-1]) if best else state.global_step
     return {"train/steps": float(state.global_step), "train/max_steps": float(state.max_steps),
-            "train/best_step": float(best_step)}
+            "train/best_step": float(best_step), "train/rows": float(len(trainer.train_dataset))}
 
 
 def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:

@@ -260,6 +260,7 @@ def run(ctx: StageContext) -> StageResult:
     trainer.model.set_attn_implementation("sdpa")  # the fast path for everything downstream
     model = trainer.model
     info["student_layers"] = model.config.num_hidden_layers
+    info["train_rows"] = len(splits["train"])  # the transfer set (the teacher may have trained on a sample)
     if budget is not None:
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/trimmed_size": float(len(budget.kept_ids)),
                     "vocab/validation_changed_share": info["trim_vocab"]["validation"]["changed_share"]}

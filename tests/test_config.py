@@ -582,3 +582,27 @@ def test_the_task_is_part_of_every_key() -> None:
     base = keys()
     assert all(a != b for a, b in zip(base.values(), keys("task.stride=8").values(), strict=True))
     assert keys("task.aggregation=max")["data"] != base["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher's sample (finetune.max_train_samples)
+
+
+def test_teacher_sample_is_the_rows_the_data_stage_sample_would_keep() -> None:
+    from datasets import Dataset
+
+    from stages.finetune import teacher_sample
+
+    train = Dataset.from_dict({"text": [f"t{i}" for i in range(50)], "label": [i % 3 for i in range(50)]})
+    sample = teacher_sample(train, 20, seed=7)
+    # the same rows as data.max_train_samples' shuffle-and-select: moving the size trains the same teacher
+    assert sample["text"] == train.shuffle(seed=7).select(range(20))["text"]
+    assert len(set(sample["text"])) == 20
+    assert teacher_sample(train, None, seed=7) is train
+    assert teacher_sample(train, 50, seed=7) is train
+
+
+def test_teacher_sample_is_refused_where_the_teacher_trains_on_pairs_of_its_own() -> None:
+    with pytest.raises(ConfigError, match="data.max_train_samples"):
+        load_config(REPO_ROOT / "configs" / "tiny-embeddings.yaml", ["finetune.max_train_samples=10"])
+    assert load_config(TINY, ["finetune.max_train_samples=10"]).finetune.max_train_samples == 10

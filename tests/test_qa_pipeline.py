@@ -58,6 +58,14 @@ def test_training_stages_learn_to_answer(rows, stage):
     assert 0 <= m["metrics"]["test/exact_match"] <= m["metrics"]["test/f1"] + 1e-9
 
 
+def test_teacher_trains_on_its_sample_and_the_student_on_every_question(rows):
+    _, teacher = manifest(rows, "finetune")
+    _, student = manifest(rows, "distill")
+    # finetune.max_train_samples: 84 of the 96 train questions (all in one window each at this length)
+    assert teacher["metrics"]["train/rows"] == 84
+    assert student["info"]["train_rows"] == 96
+
+
 def test_distillation_under_a_vocabulary_budget(rows):
     _, m = manifest(rows, "distill")
     report = m["info"]["trim_vocab"]
