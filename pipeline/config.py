@@ -290,9 +290,10 @@ class FinetuneConfig(TrainConfig):
     )
     max_train_samples: int | None = Field(
         None, ge=2,
-        description="Train the teacher on a seeded sample of this many training rows while "
-        "distillation reads all of them (a CPU-sized teacher; the student's transfer set is the "
-        "whole split). null: the teacher trains on the whole split.",
+        description="Train the teacher on a seeded sample of this many training rows (queries, "
+        "each with all its pairs, for a cross-encoder) while distillation reads all of them (a "
+        "CPU-sized teacher; the student's transfer set is the whole split). null: the teacher "
+        "trains on the whole split.",
     )
 
 

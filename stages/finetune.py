@@ -9,7 +9,6 @@ Writes: model/ (weights, config with id2label, tokenizer), metrics.json.
 
 from __future__ import annotations
 
-from datasets import Dataset
 from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
 from pipeline.stage import StageContext, StageResult
@@ -34,9 +33,10 @@ def run(ctx: StageContext) -> StageResult:
     set_seed(cfg.project.seed)
     tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
     raw = load_splits_dir(ctx.path("dataset"))
-    raw["train"] = teacher_sample(raw["train"], cfg.finetune.max_train_samples, cfg.project.seed)
     if cfg.finetune.max_train_samples:
-        ctx.log.info("teacher trains on a sample of %d training rows (distillation reads all of them)",
+        raw["train"] = task.teacher_sample(raw["train"], cfg.finetune.max_train_samples, cfg.project.seed)
+        ctx.log.info("teacher trains on a sample of %d training %s (%d rows; distillation reads all of them)",
+                     min(cfg.finetune.max_train_samples, task.sample_units(raw["train"])), task.sample_unit,
                      len(raw["train"]))
     splits = {name: task.features(split, tokenizer) for name, split in raw.items()}
     id2label, _ = label_maps(ctx.path("labels"))
@@ -66,11 +66,3 @@ def run(ctx: StageContext) -> StageResult:
     ctx.log.info("teacher test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
     return StageResult(metrics=metrics, outputs={"teacher_model": "model", "teacher_metrics": "metrics.json"})
 
-
-def teacher_sample(train: Dataset, size: int | None, seed: int) -> Dataset:
-    """The teacher's seeded sample of the training split (the whole split when size is None or
-    not smaller): the rows data.max_train_samples would keep, so moving a sample size from there
-    to finetune trains the same teacher."""
-    if size is None or len(train) <= size:
-        return train
-    return train.shuffle(seed=seed).select(range(size))

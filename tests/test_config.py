@@ -591,8 +591,9 @@ def test_the_task_is_part_of_every_key() -> None:
 def test_teacher_sample_is_the_rows_the_data_stage_sample_would_keep() -> None:
     from datasets import Dataset
 
-    from stages.finetune import teacher_sample
+    from stages.tasks import get_task
 
+    teacher_sample = get_task(load_config(TINY)).teacher_sample
     train = Dataset.from_dict({"text": [f"t{i}" for i in range(50)], "label": [i % 3 for i in range(50)]})
     sample = teacher_sample(train, 20, seed=7)
     # the same rows as data.max_train_samples' shuffle-and-select: moving the size trains the same teacher
@@ -600,6 +601,34 @@ def test_teacher_sample_is_the_rows_the_data_stage_sample_would_keep() -> None:
     assert len(set(sample["text"])) == 20
     assert teacher_sample(train, None, seed=7) is train
     assert teacher_sample(train, 50, seed=7) is train
+
+
+def test_a_cross_encoder_teacher_samples_whole_queries_as_the_data_stage_would() -> None:
+    from datasets import Dataset
+
+    from stages.tasks import get_task
+    from stages.tasks.rerank_data import query_sample
+
+    task = get_task(load_config(REPO_ROOT / "configs" / "tiny-rerank.yaml"))
+    query_ids = [q for q in range(3, 33) for _ in range(4)]  # 30 queries (ids 3..32), 4 pairs each
+    train = Dataset.from_dict({"query_id": query_ids, "label": [float(i % 4 == 0) for i in range(len(query_ids))]})
+    sample = task.teacher_sample(train, 10, seed=7)
+    kept = sorted(set(sample["query_id"]))
+    # the queries at the positions data.max_train_samples' sample takes, each with all 4 of its pairs
+    assert kept == [3 + i for i in query_sample(30, 10, 7, "train")]
+    assert len(sample) == 40 and all(sample["query_id"].count(q) == 4 for q in kept)
+    assert task.sample_units(sample) == 10
+    assert task.teacher_sample(train, 30, seed=7) is train
+
+
+def test_query_samples_are_seeded_per_split() -> None:
+    from stages.tasks.rerank_data import query_sample
+
+    assert query_sample(100, None, 7, "train") is None and query_sample(100, 100, 7, "train") is None
+    train = query_sample(100, 20, 7, "train")
+    assert train == query_sample(100, 20, 7, "train") and train == sorted(set(train)) and len(train) == 20
+    # a split's sample is its own: the same cap draws differently per split and per seed
+    assert train != query_sample(100, 20, 7, "test") and train != query_sample(100, 20, 8, "train")
 
 
 def test_teacher_sample_is_refused_where_the_teacher_trains_on_pairs_of_its_own() -> None:

@@ -65,6 +65,14 @@ def test_data_stage_builds_candidates_from_the_retriever(rows):
     assert np.mean(shared) > 0.5
 
 
+def test_teacher_trains_on_whole_sampled_queries_and_the_student_on_every_one(rows):
+    _, teacher = manifest(rows, "finetune")
+    _, student = manifest(rows, "distill")
+    # finetune.max_train_samples counts queries: 84 of the 96, each with its paragraph and 3 negatives
+    assert teacher["metrics"]["train/rows"] == 84 * 4
+    assert student["info"]["train_rows"] == 96 * 4
+
+
 @pytest.mark.parametrize("stage", ["finetune", "distill"])
 def test_training_stages_report_ranking_metrics(rows, stage):
     _, m = manifest(rows, stage)

@@ -113,6 +113,19 @@ class Task:
 
         return save_model(model, tokenizer, out)
 
+    sample_unit: ClassVar[str] = "rows"  # what data.max_train_samples / finetune.max_train_samples count
+
+    def sample_units(self, train: Dataset) -> int:
+        return len(train)
+
+    def teacher_sample(self, train: Dataset, size: int | None, seed: int) -> Dataset:
+        """The teacher's seeded sample of the training split (finetune.max_train_samples; the whole
+        split when size is None or not smaller): the rows data.max_train_samples would keep, so
+        moving a sample size from there to finetune trains the same teacher."""
+        if size is None or len(train) <= size:
+            return train
+        return train.shuffle(seed=seed).select(range(size))
+
     def finetune_stage(self, ctx):
         """The task's own finetune stage (a StageResult), or None: stages.finetune's Trainer run."""
         return None

@@ -109,6 +109,19 @@ class CrossEncoder(Task):
                              "(relevance)")
         return pd.DataFrame({ours: table[theirs] for ours, theirs in wanted.items()})
 
+    sample_unit = "queries"  # a query keeps all its pairs (Margin-MSE and the metrics need them whole)
+
+    def sample_units(self, train: Dataset) -> int:
+        return len(set(train[rd.QUERY_ID]))
+
+    def teacher_sample(self, train: Dataset, size: int | None, seed: int) -> Dataset:
+        queries = sorted(set(train[rd.QUERY_ID]))
+        keep = rd.query_sample(len(queries), size, seed, "train")
+        if keep is None:
+            return train
+        wanted = {queries[i] for i in keep}
+        return train.select([i for i, q in enumerate(train[rd.QUERY_ID]) if q in wanted])
+
     def texts(self, split: Dataset) -> list[str]:
         """The queries, then each distinct passage once."""
         return list(dict.fromkeys(split[rd.QUERY])) + list(dict.fromkeys(split[rd.PASSAGE]))

@@ -78,6 +78,16 @@ def squad_rows(queries: list[tuple[str, int]], documents: list[str], ids: np.nda
     return rows
 
 
+def query_sample(count: int, cap: int | None, seed: int, split: str) -> list[int] | None:
+    """Sorted positions of a seeded sample of `cap` of `count` queries; None keeps them all. Each
+    split draws from a generator of its own, so one split's cap never moves another's sample, and
+    the teacher's sample (finetune.max_train_samples) is the one data.max_train_samples would keep."""
+    if not cap or count <= cap:
+        return None
+    rng = np.random.default_rng([seed, ("train", "validation", "test").index(split)])
+    return sorted(rng.choice(count, cap, replace=False).tolist())
+
+
 def squad_splits(articles: list[dict], roles: list[str], retriever: str, depth: int, negatives: int,
                  limits: dict[str, int | None], seed: int, k: int = 10) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """Training and evaluation rows of a SQuAD file (see the module doc). `limits`: the most
@@ -85,10 +95,9 @@ def squad_splits(articles: list[dict], roles: list[str], retriever: str, depth: 
     from stages.tasks.embedding_data import squad_corpus
 
     documents, parts, questions = squad_corpus(articles, roles)
-    rng = np.random.default_rng(seed)
     for split, cap in limits.items():
-        if cap and len(questions[split]) > cap:
-            keep = sorted(rng.choice(len(questions[split]), cap, replace=False))
+        keep = query_sample(len(questions[split]), cap, seed, split)
+        if keep is not None:
             questions[split] = [questions[split][i] for i in keep]
     empty = [split for split, found in questions.items() if not found]
     if empty:
