@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.finetune.max_train_samples:
         raw["train"] = task.teacher_sample(raw["train"], cfg.finetune.max_train_samples, cfg.project.seed)
         ctx.log.info("teacher trains on a sample of %d training %s (%d rows; distillation reads all of them)",
-                     min(cfg.finetune.max_train_samples, task.sample_units(raw["train"])), task.sample_unit,
+                     task.sample_units(raw["train"]), task.sample_unit,
                      len(raw["train"]))
     splits = {name: task.features(split, tokenizer) for name, split in raw.items()}
     id2label, _ = label_maps(ctx.path("labels"))
