@@ -39,6 +39,15 @@ def test_an_unfinished_teacher_names_the_command_that_makes_it(tmp_path) -> None
         resolve_teacher(referring(path))
 
 
+def test_references_that_loop_back_are_refused(tmp_path) -> None:
+    """a.yaml starts from b.yaml's teacher and b.yaml from a.yaml's: no teacher to start from."""
+    for name, other in (("a.yaml", "b.yaml"), ("b.yaml", "a.yaml")):
+        (tmp_path / name).write_text(f"extends: {REPO_ROOT / TINY_RERANK}\nteacher:\n"
+                                     f"  model: finetuned:{tmp_path / other}\n  random: null\n")
+    with pytest.raises(ConfigError, match=r"loop back to .*a\.yaml"):
+        resolve_teacher(referring(tmp_path / "a.yaml"))
+
+
 def test_a_finished_teacher_resolves_to_its_model_directory(tiny_rerank_run, tmp_path) -> None:
     finetune = cli_status(tiny_rerank_run, config=TINY_RERANK)["finetune"]
     path = upstream_config(tmp_path, tiny_rerank_run / "artifacts")
