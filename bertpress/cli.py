@@ -261,6 +261,10 @@ def rerank(
                                                     "(other fields are kept) or .txt (one per line).")] = None,
     text_column: ColumnOpt = "text",
     top_k: Annotated[int | None, typer.Option(min=1, help="Keep the best k (default: all).")] = None,
+    retriever_field: Annotated[str, typer.Option(help="The candidates' field holding the first-stage "
+                                                 "retriever's score (as `search` writes it), fused with the "
+                                                 "cross-encoder's when the bundle was trained so; '' to "
+                                                 "ignore it.")] = "score",
     output: OutputOpt = None,
     batch_size: BatchOpt = 32,
     threads: ThreadsOpt = 0,
@@ -286,20 +290,34 @@ def rerank(
     model = open_model(source, threads, tracking_uri)
     if model.task != "cross-encoder":
         raise InputError(f"rerank needs a cross-encoder bundle; {model.path} is {model.task}")
-    # Candidates that carry their retriever's score (as `search` writes them) are fused with it
-    # when the bundle was trained so.
-    retriever_scores = None
-    if all(isinstance(r.get("score"), int | float) and not isinstance(r.get("score"), bool) for r in records):
-        retriever_scores = [float(r["score"]) for r in records]
+    retriever_scores = _retriever_scores(records, retriever_field)
     ranked = model.head.rerank(query, texts, top_k=top_k, batch_size=batch_size, retriever_scores=retriever_scores)
     with _output(output) as out:
         for r in ranked:
             record = records[r["index"]]
             row = {k: v for k, v in r.items() if k not in ("index", "text")}  # rank, score (, fused_score)
-            if retriever_scores:  # the candidate's own score was the retriever's
-                row["retriever_score"] = record["score"]
-            row |= {k: v for k, v in record.items() if k not in row and k != "score"}
+            if retriever_scores:
+                row["retriever_score"] = record[retriever_field]
+            row |= {k: v for k, v in record.items()
+                    if k not in row and k != "score" and not (retriever_scores and k == retriever_field)}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _retriever_scores(records: list[dict], field: str) -> list[float] | None:
+    """The candidates' first-stage scores from `field`, or None when no candidate has one; a field
+    that only some candidates carry, or that is not a number, cannot be fused and is an error."""
+    if not field:
+        return None
+    present = [field in r for r in records]
+    if not any(present):
+        return None
+    for number, record in enumerate(records, 1):
+        value = record.get(field)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise InputError(f"candidate {number}: {field!r} is {value!r}, not the retriever's score that other "
+                             f"candidates carry. Give every candidate a numeric {field!r}, name the score field "
+                             "with --retriever-field NAME, or ignore it with --retriever-field ''")
+    return [float(r[field]) for r in records]
 
 
 def serve(

@@ -158,6 +158,21 @@ def test_rerank_orders_candidates_without_torch(bundle, tmp_path):
         i = int(r["id"][1])
         assert r["fused_score"] == pytest.approx(expected[i], abs=1e-3) and r["retriever_score"] == retrieved[i]
         assert r["score"] == pytest.approx(alone[r["id"]], abs=1e-4)
+    # --retriever-field '' ignores the score; under another name it fuses the same way
+    ignored = no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?", "--input", str(candidates),
+                       "--batch-size", "1", "--retriever-field", "")
+    assert [r["id"] for r in ignored] == [r["id"] for r in ranked] and "fused_score" not in ignored[0]
+    candidates.write_text("\n".join(json.dumps({"id": f"c{i}", "text": t, "bm25": s})
+                                    for i, (t, s) in enumerate(zip(CANDIDATES, retrieved, strict=True))))
+    named = no_torch("rerank", str(bundle), "--query", "where does anna diaz live ?", "--input", str(candidates),
+                     "--batch-size", "1", "--retriever-field", "bm25")
+    assert [r["id"] for r in named] == [r["id"] for r in fused] and "bm25" not in named[0]
+    # a score that only some candidates carry cannot be fused: an error naming the candidate and the fix
+    candidates.write_text("\n".join([json.dumps({"text": CANDIDATES[0], "score": 0.9}),
+                                     json.dumps({"text": CANDIDATES[1]})]))
+    proc = subprocess.run([*NO_TORCH, "rerank", str(bundle), "--query", "q", "--input", str(candidates)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "candidate 2" in proc.stderr and "--retriever-field" in proc.stderr
 
 
 def test_search_retrieves_then_reranks(bundle, tmp_path):
