@@ -142,7 +142,7 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> tuple
     """The variant's test metrics and timings, and its outputs on the test rows."""
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
-    rows = predict_rows(variant.predict, features, tokenizer)
+    rows = predict_rows(variant.predict, features, tokenizer, desc=f"{variant.name} on test")
     result: dict[str, object] = task.metrics(rows, features)
     corpus = task.corpus_texts(test)
     if corpus is not None:  # retrieval: what indexing the corpus and answering a query cost

@@ -135,7 +135,8 @@ def select_candidate(passing: dict[str, Measured], margin: float, greater_is_bet
 def graph_rows(path: Path, features, tokenizer, ctx: StageContext) -> list[np.ndarray]:
     """One ONNX model's outputs, one per feature row."""
     session = make_session(path, ctx.cfg.runtime)
-    return predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0], features, tokenizer)
+    return predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0], features, tokenizer,
+                        desc=f"{path.parent.name}/{path.name} on validation")
 
 
 def score(path: Path, features, tokenizer, ctx: StageContext, task: Task,

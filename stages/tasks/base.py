@@ -183,11 +183,14 @@ def rows_from_padded(padded: np.ndarray, lengths: list[int]) -> list[np.ndarray]
 
 
 def predict_rows(predict: Callable[[Batch], np.ndarray], features: Dataset, tokenizer,
-                 batch_size: int = 64) -> list[np.ndarray]:
-    """Run `predict` over `features` in padded batches; one output row per feature row."""
+                 batch_size: int = 64, desc: str | None = None) -> list[np.ndarray]:
+    """Run `predict` over `features` in padded batches; one output row per feature row (with a
+    progress bar named `desc`, for passes long enough to need one)."""
+    from tqdm.auto import tqdm
+
     columns = [c for c in MODEL_INPUTS if c in features.column_names]
     rows: list[np.ndarray] = []
-    for start in range(0, len(features), batch_size):
+    for start in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", disable=desc is None):
         chunk = features[start : start + batch_size]
         encoded = [{c: chunk[c][i] for c in columns} for i in range(len(chunk[columns[0]]))]
         batch = tokenizer.pad(encoded, return_tensors="np")

@@ -194,7 +194,7 @@ class QuestionAnswering(Task):
             student = self.features(split, student_tokenizer)
             if precompute:
                 seen = student.map(lambda row: {"input_ids": to_teacher[row["input_ids"]].tolist()})
-                rows = predict_rows(torch_predictor(teacher), seen, teacher_tokenizer)
+                rows = predict_rows(torch_predictor(teacher), seen, teacher_tokenizer, desc=f"teacher targets ({name})")
                 student = student.add_column(TEACHER_LOGITS, [r.tolist() for r in rows])
             out[name] = student
         if precompute:

@@ -203,7 +203,8 @@ class TokenClassification(Task):
             student = self.features(split, student_tokenizer)
             if precompute:
                 teacher_side = self.features(split, teacher_tokenizer)
-                rows = predict_rows(_torch_predictor(teacher), teacher_side, teacher_tokenizer)
+                rows = predict_rows(_torch_predictor(teacher), teacher_side, teacher_tokenizer,
+                                    desc=f"teacher targets ({name})")
                 words = self.word_predictions(rows, teacher_side)
                 targets = [[words[s][w].tolist() for w, start in zip(ids, starts, strict=True) if start]
                            for s, ids, starts in zip(student["sentence"], student["word_ids"],
