@@ -651,6 +651,11 @@ class BenchmarkConfig(_Section):
     throughput_iterations: int = Field(5, ge=1)
     max_eval_samples: int | None = Field(None, ge=1, description="Cap on test examples scored.")
     include_pytorch: bool = Field(True, description="Also time the PyTorch models.")
+    head_to_head_rounds: int = Field(
+        5, ge=0, description="The shipped student and Optimum's stock INT8 teacher timed again at batch 1 "
+        "on real inputs, taking turns for this many rounds of `iterations` calls each, so their speed-up is "
+        "a ratio measured under the same machine load (each variant's own row is timed in one block, and a "
+        "burst of load on a shared machine can hit one block and not the other); 0: off.")
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")

@@ -114,19 +114,21 @@ def real_sentence_latency(
 
 def interleaved_rounds(predictors: dict[str, Callable[[dict[str, np.ndarray]], object]], tokenizer,
                        texts: list, max_length: int, rounds: int, iterations: int,
-                       warmup: int = 5) -> dict[str, list[float]]:
+                       warmup: int = 5, tokenizers: dict | None = None) -> dict[str, list[float]]:
     """Batch-1 p50 per round for each predictor over the same real sentences, the predictors
     taking turns every round: machine noise hits them alike, and the spread of a predictor's rounds
-    is the noise its comparison with another must exceed."""
-    singles = single_inputs(tokenizer, texts, max_length)
-    for predict in predictors.values():
-        for batch in singles[:warmup]:
+    is the noise its comparison with another must exceed. `tokenizers` gives a predictor its own
+    (a student with a budget vocabulary reads other pieces than its teacher)."""
+    own = tokenizers or {}
+    singles = {name: single_inputs(own.get(name, tokenizer), texts, max_length) for name in predictors}
+    for name, predict in predictors.items():
+        for batch in singles[name][:warmup]:
             predict(batch)
     per_round: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(rounds):
         for name, predict in predictors.items():
-            cursor = iter(range(10**9))
-            ms = time_calls(lambda p=predict, c=cursor: p(singles[next(c) % len(singles)]), 0, iterations)
+            cursor, inputs = iter(range(10**9)), singles[name]
+            ms = time_calls(lambda p=predict, c=cursor, x=inputs: p(x[next(c) % len(x)]), 0, iterations)
             per_round[name].append(float(np.percentile(ms, 50)))
     return per_round
 

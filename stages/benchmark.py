@@ -12,6 +12,7 @@ front), latency_vs_length.png.
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from stages._hf import MODEL_INPUTS, dir_size_mb, load_model, load_splits_dir, s
 from stages._onnx import (
     cpu_features,
     file_mb,
+    interleaved_rounds,
     latency_stats,
     make_session,
     providers,
@@ -376,6 +378,7 @@ def run(ctx: StageContext) -> StageResult:
             sweeps[name] = sweep(builders[name], bcfg.sweep, texts, ctx.log)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    paired = head_to_head(builders, texts, bcfg, cfg.data.max_length, ctx.log)
 
     baseline = "teacher-pytorch" if "teacher-pytorch" in results else "teacher-onnx"
     report = {
@@ -383,7 +386,7 @@ def run(ctx: StageContext) -> StageResult:
         "cpu": cpu_features(), "threads": cfg.runtime.threads or os.cpu_count(),
         "test_examples": len(test), "baseline": baseline, "variants": results,
         "pareto_front": pareto_front({n: (r["latency_real"]["p50_ms"], r[metric]) for n, r in results.items()}),
-        "sweep": sweeps, "settings": bcfg.model_dump(),
+        "sweep": sweeps, "settings": bcfg.model_dump(), "head_to_head": paired,
     }
     save_json(ctx.out / "benchmark.json", report)
     table = markdown_table(results, bcfg, baseline, labels)
@@ -395,7 +398,8 @@ def run(ctx: StageContext) -> StageResult:
     if references:
         report["references"] = references
         save_json(ctx.out / "benchmark.json", report)
-    extra = references_markdown(references, labels) + agreement_markdown(results, reference) + retrieval_markdown(results)
+    extra = (head_to_head_markdown(paired) + references_markdown(references, labels)
+             + agreement_markdown(results, reference) + retrieval_markdown(results))
     extra += f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
     search = ctx.read_json("search_result")
     outputs = {}
@@ -431,11 +435,47 @@ def run(ctx: StageContext) -> StageResult:
     for name, cells in sweeps.items():
         for cell, v in cells.items():
             metrics[f"sweep/{name}/{cell}/p50_ms"] = v["p50_ms"]
+    if paired is not None:
+        metrics["bench/head_to_head/speedup_vs_stock_int8"] = paired["speedup"]
     return StageResult(
         metrics=metrics,
         outputs={"benchmark_report": "benchmark.json", "results_table": "results.md",
                  "pareto_plot": "accuracy_vs_latency.png", "length_plot": "latency_vs_length.png"} | outputs,
     )
+
+
+HEAD_TO_HEAD = ("student-int8", "teacher-stock-int8")  # the shipped student and the baseline it must beat
+
+
+def head_to_head(builders: dict, texts: list, bcfg, max_length: int, log) -> dict | None:
+    """The shipped student vs Optimum's stock INT8 teacher, batch 1 on real inputs, taking turns
+    round by round (stages._onnx.interleaved_rounds): the speed-up under the same machine load."""
+    if bcfg.head_to_head_rounds == 0 or not all(n in builders for n in HEAD_TO_HEAD):
+        return None
+    variants = {n: builders[n](None) for n in HEAD_TO_HEAD}
+    rounds = interleaved_rounds({n: v.predict for n, v in variants.items()}, None, texts, max_length,
+                                bcfg.head_to_head_rounds, bcfg.iterations, bcfg.warmup,
+                                {n: AutoTokenizer.from_pretrained(v.tokenizer_dir) for n, v in variants.items()})
+    p50 = {n: statistics.median(r) for n, r in rounds.items()}
+    student, stock = HEAD_TO_HEAD
+    result = {"student": student, "reference": stock, "rounds": bcfg.head_to_head_rounds,
+              "iterations": bcfg.iterations, "rounds_p50_ms": rounds, "p50_ms": p50,
+              "speedup": p50[stock] / p50[student]}
+    log.info("head to head, %d interleaved rounds: %s p50 %.2f ms, %s %.2f ms: %.2fx", bcfg.head_to_head_rounds,
+             student, p50[student], stock, p50[stock], result["speedup"])
+    return result
+
+
+def head_to_head_markdown(result: dict | None) -> str:
+    if result is None:
+        return ""
+    student, stock = result["student"], result["reference"]
+    per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(result["rounds_p50_ms"][stock],
+                                                          result["rounds_p50_ms"][student], strict=True))
+    return (f"\n## Head to head (batch 1, real inputs, {result['rounds']} interleaved rounds of "
+            f"{result['iterations']} calls)\n\n{student} p50 {result['p50_ms'][student]:.2f} ms vs {stock} "
+            f"{result['p50_ms'][stock]:.2f} ms: **{result['speedup']:.2f}x** (per round: {per_round}). The rows "
+            "above time each variant in a block of its own; this is the ratio under the same machine load.\n")
 
 
 def references_markdown(references: dict[str, dict[str, float]], labels: dict[str, str]) -> str:

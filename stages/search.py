@@ -52,9 +52,9 @@ from stages._hf import label_maps, load_model, load_splits_dir, save_json, save_
 from stages._onnx import (
     compact_shared_rows,
     file_mb,
+    interleaved_rounds,
     make_session,
     session_feed,
-    single_inputs,
     time_calls,
 )
 from stages._train import configure_torch, evaluate
@@ -187,17 +187,10 @@ def timed_cost(candidate: Path, tokenizer, stock: Path, stock_tokenizer, texts: 
     scfg, max_length = ctx.cfg.search, ctx.cfg.data.max_length
     sessions = {"candidate": (make_session(candidate, ctx.cfg.runtime), tokenizer),
                 "stock": (make_session(stock, ctx.cfg.runtime), stock_tokenizer)}
-    singles = {n: single_inputs(tok, texts, max_length) for n, (_, tok) in sessions.items()}
-    rounds: dict[str, list[float]] = {n: [] for n in sessions}
-    for name, (session, _) in sessions.items():
-        for one in singles[name][:5]:
-            session.run(None, session_feed(session, one))
-    for _ in range(scfg.timing_rounds):
-        for name, (session, _) in sessions.items():
-            cursor = iter(range(10**9))
-            ms = time_calls(lambda s=session, c=cursor, name=name: s.run(
-                None, session_feed(s, singles[name][next(c) % len(singles[name])])), 0, scfg.timing_iterations)
-            rounds[name].append(float(np.percentile(ms, 50)))
+    rounds = interleaved_rounds({n: lambda b, s=session: s.run(None, session_feed(s, b))
+                                 for n, (session, _) in sessions.items()}, None, texts, max_length,
+                                scfg.timing_rounds, scfg.timing_iterations,
+                                tokenizers={n: tok for n, (_, tok) in sessions.items()})
     session, tok = sessions["candidate"]
     many = {k: v.astype(np.int64) for k, v in tok((texts * 32)[:32], padding=True, truncation=True,
                                                   max_length=max_length, return_tensors="np").items()}

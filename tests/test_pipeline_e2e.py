@@ -4,6 +4,7 @@ that is all cache hits, chained invalidation, and the MLflow runs read back thro
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,7 @@ def test_quantized_graph_has_integer_ops_and_is_smaller(first_status):
 
 
 def test_benchmark_report(first_status):
-    path, _ = artifact(first_status, "benchmark")
+    path, manifest = artifact(first_status, "benchmark")
     report = json.loads((path / "benchmark.json").read_text())
     assert list(report["variants"]) == [
         "teacher-pytorch", "teacher-onnx", "teacher-stock-int8", "student-pytorch", "student-onnx",
@@ -140,6 +141,15 @@ def test_benchmark_report(first_status):
     v = report["variants"]
     assert v["student-onnx"]["accuracy"] == pytest.approx(v["student-pytorch"]["accuracy"])
     assert "| student-int8 |" in (path / "results.md").read_text()
+    # The shipped student and the stock INT8 teacher timed again, taking turns: the speed-up is the
+    # ratio of their medians over the rounds, in the report, the table and MLflow.
+    paired = report["head_to_head"]
+    rounds = paired["rounds_p50_ms"]
+    assert paired["rounds"] == len(rounds["student-int8"]) == len(rounds["teacher-stock-int8"]) >= 1
+    assert paired["speedup"] == pytest.approx(
+        statistics.median(rounds["teacher-stock-int8"]) / statistics.median(rounds["student-int8"]))
+    assert f"**{paired['speedup']:.2f}x**" in (path / "results.md").read_text()
+    assert manifest["metrics"]["bench/head_to_head/speedup_vs_stock_int8"] == pytest.approx(paired["speedup"])
     for plot in ("accuracy_vs_latency.png", "latency_vs_length.png"):
         assert (path / plot).read_bytes()[:4] == b"\x89PNG"
     assert report["pareto_front"] and set(report["pareto_front"]) <= set(v)
