@@ -298,8 +298,8 @@ def rerank(
             row = {k: v for k, v in r.items() if k not in ("index", "text")}  # rank, score (, fused_score)
             if retriever_scores:
                 row["retriever_score"] = record[retriever_field]
-            row |= {k: v for k, v in record.items()
-                    if k not in row and k != "score" and not (retriever_scores and k == retriever_field)}
+            # row holds rank and score already: a candidate's own score never overwrites them
+            row |= {k: v for k, v in record.items() if k not in row and not (retriever_scores and k == retriever_field)}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -308,8 +308,7 @@ def _retriever_scores(records: list[dict], field: str) -> list[float] | None:
     that only some candidates carry, or that is not a number, cannot be fused and is an error."""
     if not field:
         return None
-    present = [field in r for r in records]
-    if not any(present):
+    if not any(field in r for r in records):
         return None
     for number, record in enumerate(records, 1):
         value = record.get(field)

@@ -114,13 +114,13 @@ def real_sentence_latency(
 
 def interleaved_rounds(predictors: dict[str, Callable[[dict[str, np.ndarray]], object]], tokenizer,
                        texts: list, max_length: int, rounds: int, iterations: int,
-                       warmup: int = 5, tokenizers: dict | None = None) -> dict[str, list[float]]:
+                       warmup: int = 5) -> dict[str, list[float]]:
     """Batch-1 p50 per round for each predictor over the same real sentences, the predictors
     taking turns every round: machine noise hits them alike, and the spread of a predictor's rounds
-    is the noise its comparison with another must exceed. `tokenizers` gives a predictor its own
-    (a student with a budget vocabulary reads other pieces than its teacher)."""
-    own = tokenizers or {}
-    singles = {name: single_inputs(own.get(name, tokenizer), texts, max_length) for name in predictors}
+    is the noise its comparison with another must exceed. `tokenizer` is one for all, or a dict
+    giving each predictor its own (a student with a budget vocabulary reads other pieces)."""
+    own = tokenizer if isinstance(tokenizer, dict) else dict.fromkeys(predictors, tokenizer)
+    singles = {name: single_inputs(own[name], texts, max_length) for name in predictors}
     for name, predict in predictors.items():
         for batch in singles[name][:warmup]:
             predict(batch)

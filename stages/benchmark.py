@@ -453,9 +453,9 @@ def head_to_head(builders: dict, texts: list, bcfg, max_length: int, log) -> dic
     if bcfg.head_to_head_rounds == 0 or not all(n in builders for n in HEAD_TO_HEAD):
         return None
     variants = {n: builders[n](None) for n in HEAD_TO_HEAD}
-    rounds = interleaved_rounds({n: v.predict for n, v in variants.items()}, None, texts, max_length,
-                                bcfg.head_to_head_rounds, bcfg.iterations, bcfg.warmup,
-                                {n: AutoTokenizer.from_pretrained(v.tokenizer_dir) for n, v in variants.items()})
+    rounds = interleaved_rounds({n: v.predict for n, v in variants.items()},
+                                {n: AutoTokenizer.from_pretrained(v.tokenizer_dir) for n, v in variants.items()},
+                                texts, max_length, bcfg.head_to_head_rounds, bcfg.iterations, bcfg.warmup)
     p50 = {n: statistics.median(r) for n, r in rounds.items()}
     student, stock = HEAD_TO_HEAD
     result = {"student": student, "reference": stock, "rounds": bcfg.head_to_head_rounds,

@@ -188,9 +188,9 @@ def timed_cost(candidate: Path, tokenizer, stock: Path, stock_tokenizer, texts: 
     sessions = {"candidate": (make_session(candidate, ctx.cfg.runtime), tokenizer),
                 "stock": (make_session(stock, ctx.cfg.runtime), stock_tokenizer)}
     rounds = interleaved_rounds({n: lambda b, s=session: s.run(None, session_feed(s, b))
-                                 for n, (session, _) in sessions.items()}, None, texts, max_length,
-                                scfg.timing_rounds, scfg.timing_iterations,
-                                tokenizers={n: tok for n, (_, tok) in sessions.items()})
+                                 for n, (session, _) in sessions.items()},
+                                {n: tok for n, (_, tok) in sessions.items()}, texts, max_length,
+                                scfg.timing_rounds, scfg.timing_iterations)
     session, tok = sessions["candidate"]
     many = {k: v.astype(np.int64) for k, v in tok((texts * 32)[:32], padding=True, truncation=True,
                                                   max_length=max_length, return_tensors="np").items()}

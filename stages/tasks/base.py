@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
 
 from pipeline.config import PipelineConfig
 from stages._hf import MODEL_INPUTS
@@ -186,8 +187,6 @@ def predict_rows(predict: Callable[[Batch], np.ndarray], features: Dataset, toke
                  batch_size: int = 64, desc: str | None = None) -> list[np.ndarray]:
     """Run `predict` over `features` in padded batches; one output row per feature row (with a
     progress bar named `desc`, for passes long enough to need one)."""
-    from tqdm.auto import tqdm
-
     columns = [c for c in MODEL_INPUTS if c in features.column_names]
     rows: list[np.ndarray] = []
     for start in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", disable=desc is None):
