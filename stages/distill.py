@@ -71,6 +71,9 @@ class DistillationTrainer(Trainer):
         self.alpha = alpha
         self.intermediate = intermediate if intermediate and intermediate.enabled else None
         self.layer_map = layer_map or []
+        # Targets precomputed on the train rows mean the student reads other pieces than the
+        # teacher: the teacher must never be run live on its inputs.
+        self.precomputed = self.train_dataset is not None and TEACHER_LOGITS in self.train_dataset.column_names
         self.projection = None
         if self.intermediate:
             if self.intermediate.attention_weight > 0:  # only eager attention returns probabilities
@@ -120,7 +123,13 @@ class DistillationTrainer(Trainer):
                      "output_attentions": self.intermediate.attention_weight > 0}
         outputs = model(**features, **extra)
         teacher_logits = side.get(TEACHER_LOGITS)  # precomputed: the student reads other pieces
-        if teacher_logits is None:  # config forbids token-level losses with precomputed targets
+        if teacher_logits is None and self.precomputed:
+            if model.training:
+                raise StageError("a training batch came without the teacher's precomputed targets")
+            # An evaluation row without targets (see Task.distillation_data): the student stands in
+            # for the teacher, so the distillation term is 0 and the loss is its label part.
+            teacher_logits = outputs.logits.detach()
+        elif teacher_logits is None:  # config forbids token-level losses with precomputed targets
             with torch.no_grad():
                 teacher_out = self.teacher(**features, **extra)
             teacher_logits = teacher_out.logits

@@ -56,3 +56,34 @@ def test_precomputed_teacher_logits_give_the_same_loss(tmp_path):
     # and it is really used: wrong soft targets give another loss
     shifted = ds.add_column(TEACHER_LOGITS, (logits + np.array([5.0, 0.0, -5.0], dtype=np.float32)).tolist())
     assert abs(trainer.evaluate(shifted)["eval_loss"] - on_the_fly) > 1e-3
+
+
+def test_evaluation_rows_without_targets_score_the_labels_and_never_run_the_teacher(tmp_path):
+    """Only the train rows carry precomputed targets (the teacher's pass over validation and test
+    is saved): an evaluation batch without them gives alpha x CE on the labels, and the teacher,
+    which reads other pieces, is not run on the student's inputs."""
+    with DATA.open() as fh:
+        rows = list(csv.DictReader(fh))[:24]
+    tokenizer = train_wordpiece_tokenizer([r["review"] for r in rows], 300)
+    enc = tokenizer([r["review"] for r in rows], truncation=True, max_length=32)
+    labels = [i % 3 for i in range(len(rows))]
+    ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                            "token_type_ids": enc["token_type_ids"], "labels": labels})
+    teacher, student = _tiny(len(tokenizer), 0), _tiny(len(tokenizer), 1)
+    train = ds.add_column(TEACHER_LOGITS, teacher_logits(teacher, tokenizer, ds, "train").tolist())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher ran live on the student's pieces")
+
+    teacher.forward = refuse
+    alpha = 0.3
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_eval_batch_size=len(rows))
+    trainer = DistillationTrainer(model=student, task=SequenceClassification(build_config({})), teacher=teacher,
+                                  temperature=2.0, alpha=alpha, args=args, train_dataset=train,
+                                  data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    assert trainer.precomputed
+    loss = trainer.evaluate(ds)["eval_loss"]
+    with torch.no_grad():
+        logits = student(**tokenizer.pad(dict(enc), return_tensors="pt")).logits
+    expected = alpha * torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
+    assert abs(loss - expected) < 1e-5

@@ -192,7 +192,7 @@ class QuestionAnswering(Task):
         to_teacher = teacher_ids(teacher_tokenizer, student_tokenizer) if precompute else None
         for name, split in raw.items():
             student = self.features(split, student_tokenizer)
-            if precompute:
+            if precompute and name == "train":  # see Task.distillation_data: evaluation needs none
                 seen = student.map(lambda row: {"input_ids": to_teacher[row["input_ids"]].tolist()})
                 rows = predict_rows(torch_predictor(teacher), seen, teacher_tokenizer, desc=f"teacher targets ({name})")
                 student = student.add_column(TEACHER_LOGITS, [r.tolist() for r in rows])

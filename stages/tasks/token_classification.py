@@ -201,7 +201,7 @@ class TokenClassification(Task):
         out = DatasetDict()
         for name, split in raw.items():
             student = self.features(split, student_tokenizer)
-            if precompute:
+            if precompute and name == "train":  # see Task.distillation_data: evaluation needs none
                 teacher_side = self.features(split, teacher_tokenizer)
                 rows = predict_rows(_torch_predictor(teacher), teacher_side, teacher_tokenizer,
                                     desc=f"teacher targets ({name})")
