@@ -214,8 +214,10 @@ def prepare_distillation(ctx: StageContext, task: Task, raw, teacher, tokenizer)
     if tcfg.max_tokens is not None and not tcfg.share_rows:  # max_tokens implies enabled
         budget, info["trim_vocab"] = plan_budget_vocab(ctx, task, raw, tokenizer)
     student_tokenizer = budget.tokenizer if budget else tokenizer
-    splits, info["augment"] = task.distillation_data(ctx, raw, teacher, tokenizer, student_tokenizer,
-                                                     precompute=budget is not None)
+    # The teacher's targets are precomputed when the student reads other pieces, for the train rows
+    # alone (see Task.distillation_data); otherwise the teacher runs live beside the student.
+    targets_for = frozenset({"train"}) if budget is not None else frozenset()
+    splits, info["augment"] = task.distillation_data(ctx, raw, teacher, tokenizer, student_tokenizer, targets_for)
     return budget, splits, info
 
 

@@ -180,7 +180,7 @@ def test_teacher_targets_follow_words_when_the_student_splits_them_differently(t
     teacher = BertForTokenClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
                                                     num_attention_heads=2, intermediate_size=32,
                                                     num_labels=len(names))).eval()
-    out, _ = t.distillation_data(None, {"train": ds}, teacher, tokenizer, student_tok, precompute=True)
+    out, _ = t.distillation_data(None, {"train": ds}, teacher, tokenizer, student_tok, targets_for=frozenset({"train"}))
     student = out["train"].sort("sentence")  # (the train split is shuffled)
     teacher_side = t.features(ds, tokenizer)
     assert student["input_ids"] != teacher_side["input_ids"]  # other pieces

@@ -97,12 +97,13 @@ class Task:
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
-                          precompute: bool) -> tuple[DatasetDict, dict | None]:
-        """Student inputs per split, with the teacher's targets as a column when `precompute`.
-        A task may give them to the train split alone: checkpoints are chosen by the task's metric,
-        so evaluation rows need no targets (the distillation trainer scores their loss on the labels
-        alone), and the teacher's pass over validation and test (a third of the work on SQuAD's
-        windows) is saved."""
+                          targets_for: frozenset[str]) -> tuple[DatasetDict, dict | None]:
+        """Student inputs per split, with the teacher's targets as a column on the splits named in
+        `targets_for` (the student reads other pieces than the teacher, so the teacher runs once,
+        on its own). Distillation names the train split alone: checkpoints are chosen by the task's
+        metric, so evaluation rows need no targets (the distillation trainer scores their loss on
+        the labels alone), and the teacher's pass over validation and test (a third of the work on
+        SQuAD's windows) is saved."""
         raise NotImplementedError
 
     def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float,

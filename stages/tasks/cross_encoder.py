@@ -190,15 +190,15 @@ class CrossEncoder(Task):
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
-                          precompute: bool) -> tuple[DatasetDict, dict | None]:
-        """Student inputs per split, with the teacher's scores as a column of the train rows when
-        `precompute`.
+                          targets_for: frozenset[str]) -> tuple[DatasetDict, dict | None]:
+        """Student inputs per split, with the teacher's scores as a column of the splits in
+        `targets_for`.
         Train rows are shuffled by query, each query's rows kept together (Margin-MSE reads them
         in one batch; the MSE loss samples rows at random anyway)."""
         out = DatasetDict()
         for name, split in raw.items():
             student = self.features(split, student_tokenizer)
-            if precompute and name == "train":  # see Task.distillation_data: evaluation needs none
+            if name in targets_for:
                 scores = teacher_logits(teacher, teacher_tokenizer, self.features(split, teacher_tokenizer),
                                         f"teacher scores ({name})")
                 student = student.add_column(TEACHER_LOGITS, scores.tolist())

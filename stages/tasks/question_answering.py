@@ -187,17 +187,17 @@ class QuestionAnswering(Task):
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
-                          precompute: bool) -> tuple[DatasetDict, dict | None]:
+                          targets_for: frozenset[str]) -> tuple[DatasetDict, dict | None]:
         out = DatasetDict()
-        to_teacher = teacher_ids(teacher_tokenizer, student_tokenizer) if precompute else None
+        to_teacher = teacher_ids(teacher_tokenizer, student_tokenizer) if targets_for else None
         for name, split in raw.items():
             student = self.features(split, student_tokenizer)
-            if precompute and name == "train":  # see Task.distillation_data: evaluation needs none
+            if name in targets_for:
                 seen = student.map(lambda row: {"input_ids": to_teacher[row["input_ids"]].tolist()})
                 rows = predict_rows(torch_predictor(teacher), seen, teacher_tokenizer, desc=f"teacher targets ({name})")
                 student = student.add_column(TEACHER_LOGITS, [r.tolist() for r in rows])
             out[name] = student
-        if precompute:
+        if targets_for:
             out["train"] = out["train"].shuffle(seed=self.cfg.project.seed)
         return out, None
 

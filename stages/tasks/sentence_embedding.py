@@ -232,9 +232,9 @@ class SentenceEmbedding(Task):
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
-                          precompute: bool) -> tuple[DatasetDict, dict | None]:
-        """Student inputs per split; when `precompute` (the student reads other pieces) the
-        teacher's embedding of each text as a column, computed once on the teacher's pieces.
+                          targets_for: frozenset[str]) -> tuple[DatasetDict, dict | None]:
+        """Student inputs per split; on the splits in `targets_for` the teacher's embedding of
+        each text as a column, computed once on the teacher's pieces.
         Augmented / unlabelled texts join train: they need no label."""
         extra, info = [], None
         train_texts = list(dict.fromkeys(self.texts(raw["train"])))  # each sentence once
@@ -248,7 +248,7 @@ class SentenceEmbedding(Task):
             else:
                 plain = split
             out[name] = self.features(plain, student_tokenizer)
-            if precompute:
+            if name in targets_for:
                 targets = teacher_logits(teacher, teacher_tokenizer, self.features(plain, teacher_tokenizer),
                                          f"teacher embeddings ({name})")
                 out[name] = out[name].add_column(TEACHER_LOGITS, targets.tolist())

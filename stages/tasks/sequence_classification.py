@@ -99,10 +99,10 @@ class SequenceClassification(Task):
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
-                          precompute: bool) -> tuple[DatasetDict, dict | None]:
+                          targets_for: frozenset[str]) -> tuple[DatasetDict, dict | None]:
         """Model inputs per split. Augmented / unlabelled texts join train with label -100 (soft
-        targets only). When `precompute` (the student reads other pieces) the teacher's logits are
-        computed once, on the teacher's pieces, and carried as a column."""
+        targets only). On the splits in `targets_for` the teacher's logits are computed once, on
+        the teacher's pieces, and carried as a column."""
         seed = self.cfg.project.seed
         extra, info = [], None
         if self.cfg.distill.augment.enabled:
@@ -111,16 +111,17 @@ class SequenceClassification(Task):
         out = DatasetDict()
         for name, split in raw.items():
             student = self.features(split, student_tokenizer)
-            teacher_side = self.features(split, teacher_tokenizer) if precompute else None
+            targets = name in targets_for
+            teacher_side = self.features(split, teacher_tokenizer) if targets else None
             if name == "train" and extra:  # augmented texts come without a pair
                 student = _concat(student, self.features(unlabelled, student_tokenizer))
-                if precompute:
+                if targets:
                     teacher_side = _concat(teacher_side, self.features(unlabelled, teacher_tokenizer))
-            if precompute:
+            if targets:
                 logits = teacher_logits(teacher, teacher_tokenizer, teacher_side, f"teacher logits ({name})")
                 student = student.add_column(TEACHER_LOGITS, logits.tolist())
             out[name] = student
-        out["train"] = out["train"].shuffle(seed=seed) if extra or precompute else out["train"]
+        out["train"] = out["train"].shuffle(seed=seed) if extra or targets_for else out["train"]
         return out, info
 
     def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float, alpha: float):

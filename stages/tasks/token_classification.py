@@ -197,11 +197,11 @@ class TokenClassification(Task):
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
-                          precompute: bool) -> tuple[DatasetDict, dict | None]:
+                          targets_for: frozenset[str]) -> tuple[DatasetDict, dict | None]:
         out = DatasetDict()
         for name, split in raw.items():
             student = self.features(split, student_tokenizer)
-            if precompute and name == "train":  # see Task.distillation_data: evaluation needs none
+            if name in targets_for:
                 teacher_side = self.features(split, teacher_tokenizer)
                 rows = predict_rows(_torch_predictor(teacher), teacher_side, teacher_tokenizer,
                                     desc=f"teacher targets ({name})")
@@ -211,7 +211,7 @@ class TokenClassification(Task):
                                                      student[WORD_START], strict=True)]
                 student = student.add_column(TEACHER_LOGITS, targets)
             out[name] = student
-        if precompute:
+        if targets_for:
             out["train"] = out["train"].shuffle(seed=self.cfg.project.seed)
         return out, None
 
