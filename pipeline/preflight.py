@@ -71,6 +71,16 @@ def check_data_files(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
+def check_distill_texts(cfg: PipelineConfig) -> list[str]:
+    """The unlabelled and vocabulary texts distillation will read: files that exist, or built-ins."""
+    fields = {"distill.augment.unlabeled_texts": cfg.distill.augment.unlabeled_texts if cfg.distill.augment.enabled else None,
+              "distill.trim_vocab.extra_texts": cfg.distill.trim_vocab.extra_texts}
+    return [f"{field}: {texts} does not exist (relative paths start at {Path.cwd()}); give a text file, one "
+            "text per line, or builtin:general-english"
+            for field, texts in fields.items()
+            if texts is not None and not texts.startswith("builtin:") and not Path(texts).is_file()]
+
+
 def preflight(cfg: PipelineConfig, specs: list) -> None:
     """Raise ConfigError listing every problem with the inputs of the stages about to run (each
     stage's spec says what to check)."""

