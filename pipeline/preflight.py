@@ -71,14 +71,20 @@ def check_data_files(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
-def check_distill_texts(cfg: PipelineConfig) -> list[str]:
-    """The unlabelled and vocabulary texts distillation will read: files that exist, or built-ins."""
+def distill_text_files(cfg: PipelineConfig) -> dict[str, Path]:
+    """The text files distillation reads besides the data, by config field (built-in corpora are
+    fetched and sha256-checked by stages._corpus, so they are not files here)."""
     fields = {"distill.augment.unlabeled_texts": cfg.distill.augment.unlabeled_texts if cfg.distill.augment.enabled else None,
               "distill.trim_vocab.extra_texts": cfg.distill.trim_vocab.extra_texts}
-    return [f"{field}: {texts} does not exist (relative paths start at {Path.cwd()}); give a text file, one "
+    return {field: Path(texts) for field, texts in fields.items()
+            if texts is not None and not texts.startswith("builtin:")}
+
+
+def check_distill_texts(cfg: PipelineConfig) -> list[str]:
+    """Those files exist."""
+    return [f"{field}: {path} does not exist (relative paths start at {Path.cwd()}); give a text file, one "
             "text per line, or builtin:general-english"
-            for field, texts in fields.items()
-            if texts is not None and not texts.startswith("builtin:") and not Path(texts).is_file()]
+            for field, path in distill_text_files(cfg).items() if not path.is_file()]
 
 
 def preflight(cfg: PipelineConfig, specs: list) -> None:

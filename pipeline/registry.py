@@ -137,12 +137,10 @@ def _student_inputs(cfg: PipelineConfig) -> list[str]:
 def _student_fingerprint(cfg: PipelineConfig) -> str | None:
     """The content of the text files distillation reads besides the data (a built-in corpus is
     pinned by its name and hashes), so an edited file retrains the student."""
-    files = [texts for texts in (cfg.distill.augment.unlabeled_texts if cfg.distill.augment.enabled else None,
-                                 cfg.distill.trim_vocab.extra_texts)
-             if texts is not None and not texts.startswith("builtin:")]
-    if not files:
-        return None
-    return ",".join(file_sha256(Path(f)) if Path(f).is_file() else "<missing>" for f in files)
+    from pipeline.preflight import distill_text_files
+
+    files = distill_text_files(cfg).values()
+    return ",".join(file_sha256(f) if f.is_file() else "<missing>" for f in files) or None
 
 
 def _spec(name: str, consumes: tuple[str, ...], produces: tuple[str, ...], sections: tuple[str, ...],

