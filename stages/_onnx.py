@@ -51,6 +51,18 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
+# ONNX Runtime's dynamic quantization takes one activation scale per tensor, i.e. over the
+# whole batch: a row's outputs then depend on what shares its batch.
+BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
+def rows_per_batch(path: Path, batched: int = 64) -> int:
+    """How many rows a quality pass may batch through `path`: 1 for a graph with dynamic
+    quantization (so its metric is what one request gets, as the release check measures it),
+    else `batched`."""
+    return 1 if BATCH_DEPENDENT_OPS & set(op_counts(path)) else batched
+
+
 def file_mb(path: Path) -> float:
     return Path(path).stat().st_size / 1e6
 

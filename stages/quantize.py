@@ -46,7 +46,14 @@ from pipeline.config import QuantCandidate
 from pipeline.stage import StageContext, StageError, StageResult
 from stages._fp16 import convert_to_fp16
 from stages._hf import load_splits_dir, save_json
-from stages._onnx import file_mb, interleaved_rounds, make_session, op_counts, session_feed
+from stages._onnx import (
+    file_mb,
+    interleaved_rounds,
+    make_session,
+    op_counts,
+    rows_per_batch,
+    session_feed,
+)
 from stages.tasks import get_task
 from stages.tasks.base import Task, predict_rows
 
@@ -136,7 +143,7 @@ def graph_rows(path: Path, features, tokenizer, ctx: StageContext) -> list[np.nd
     """One ONNX model's outputs, one per feature row."""
     session = make_session(path, ctx.cfg.runtime)
     return predict_rows(lambda batch: session.run(["logits"], session_feed(session, batch))[0], features, tokenizer,
-                        desc=f"{path.parent.name}/{path.name} on validation")
+                        batch_size=rows_per_batch(path), desc=f"{path.parent.name}/{path.name} on validation")
 
 
 def score(path: Path, features, tokenizer, ctx: StageContext, task: Task,

@@ -200,7 +200,8 @@ def run(ctx: StageContext) -> StageResult:
     texts = task.texts(test)
     runtime_model = Model(bundle_dir, threads=cfg.runtime.threads)
     check_tokenization(runtime_model, tokenizer_dir, texts, cfg.data.max_length)
-    # Batch 1, as a production request: dynamic INT8 scales depend on what shares a batch.
+    # Batch 1, as a production request; the benchmark scores dynamic INT8 graphs row by row too
+    # (their activation scales depend on what shares a batch), so the two should agree.
     runtime_score = task.score_bundle(runtime_model, test)[primary]
     bench_score = metadata["metrics"][f"test_{primary}"]
     gap = abs(runtime_score - bench_score) if bench_score is not None else 0.0
@@ -211,8 +212,9 @@ def run(ctx: StageContext) -> StageResult:
             f"the bundle scores {primary} {runtime_score:.4f} on the test split through bertpress.runtime "
             f"at batch 1 but {bench_score:.4f} in the benchmark (gap {gap:.4f} > "
             f"release.max_runtime_metric_gap {cfg.release.max_runtime_metric_gap}); tokenization "
-            "was checked identical, so the model is sensitive to batching (dynamic INT8 scales): "
-            "try release.variant: student-onnx or a static quantize candidate"
+            "was checked identical and the benchmark scores dynamic INT8 row by row as well, so this "
+            "is a bertpress bug worth reporting; meanwhile release.variant: student-onnx ships the "
+            "fp32 graph"
         )
     metrics = {f"release/runtime_test_{primary}": runtime_score,
                "release/model_size_mb": (bundle_dir / bundle_format.MODEL_FILE).stat().st_size / 1e6}

@@ -80,3 +80,37 @@ def test_quantize_selection_with_a_lower_is_better_metric():
 
     runs = {"a": Measured((1.0, 1.0), 0.30, 7.0), "b": Measured((1.0, 1.0), 0.20, 7.0)}
     assert select_candidate(runs, 0.05, greater_is_better=False) == "b"
+
+
+def test_dynamic_int8_rows_are_scored_one_at_a_time(tmp_path):
+    """Dynamic INT8 takes one activation scale over the whole batch, so a row's output moves with
+    its batch-mates; the quality passes then score such graphs row by row (as one request runs)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from stages._onnx import rows_per_batch
+
+    weight = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 16])],
+        [numpy_helper.from_array(weight, "w")])
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), fp32)
+    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+    assert rows_per_batch(fp32) == 64 and rows_per_batch(int8) == 1
+
+    row = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+    loud = np.full((1, 16), 50.0, dtype=np.float32)  # a batch-mate with a far wider range
+
+    def alone_and_batched(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": row})[0][0], session.run(None, {"x": np.vstack([row, loud])})[0][0]
+
+    np.testing.assert_allclose(*alone_and_batched(fp32), rtol=1e-5, atol=1e-5)
+    alone, batched = alone_and_batched(int8)
+    assert np.abs(alone - batched).max() > 0.05
