@@ -192,17 +192,13 @@ def shared_row_plan(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_to
     """Which `max_tokens` embedding rows to keep, and for every id of the vocabulary the position
     of its row among them (its own if kept, else its nearest kept row by cosine).
 
-    Kept: the special tokens, the characters, every piece of `texts`, then the vocabulary's
-    multi-character pieces in its own (frequent-first, for BERT's WordPiece files) order. The
-    tokenizer is left as it is, so words are split as the teacher splits them; rare pieces read a
-    similar piece's row instead of being re-split (measured on WNUT-16 NER: 7,000 rows kept test
-    entity F1 0.4856 of 0.4866 without retraining; re-splitting cost ~10 points)."""
-    must = set(tokenizer.all_special_ids) | set(token_counts(tokenizer, texts))
-    if keep_characters:
-        must |= character_ids(tokenizer, texts)
-    if len(must) > max_tokens:
-        raise StageError(f"distill.trim_vocab.max_tokens={max_tokens} is below the {len(must)} pieces the "
-                         f"training texts use; raise it to at least {len(must)}")
+    Kept: the special tokens, the characters, the pieces of `texts` (all of them when they fit,
+    else the most frequent: a large general corpus uses more pieces than any row budget), then the
+    vocabulary's multi-character pieces in its own (frequent-first, for BERT's WordPiece files)
+    order. The tokenizer is left as it is, so words are split as the teacher splits them; rare
+    pieces read a similar piece's row instead of being re-split (measured on WNUT-16 NER: 7,000
+    rows kept test entity F1 0.4856 of 0.4866 without retraining; re-splitting cost ~10 points)."""
+    must = set(budget_token_ids(tokenizer, texts, max_tokens, keep_characters))
     vocab = tokenizer.get_vocab()
     # Not BERT's [unusedN] placeholders (never produced) nor the single characters opening its file.
     words = sorted(i for t, i in vocab.items()

@@ -123,3 +123,21 @@ def test_the_model_card_says_what_unseen_words_become():
     shared = vocabulary_note(VocabTrimConfig(enabled=True, max_tokens=7000, share_rows=True))
     assert "7000 embedding rows" in shared and "fall back" not in shared
     assert vocabulary_note(VocabTrimConfig()) == "Full teacher vocabulary."
+
+
+def test_a_budget_below_the_texts_pieces_keeps_the_most_frequent(texts):
+    """A large distillation corpus uses more pieces than the row budget: the plan keeps the
+    specials, the characters and then the corpus's most frequent pieces; the rest share rows."""
+    from stages._vocab import character_ids
+
+    tokenizer = train_wordpiece_tokenizer(texts, 300)
+    counts = token_counts(tokenizer, texts)
+    floor = set(tokenizer.all_special_ids) | character_ids(tokenizer, texts)
+    budget = len(floor) + 20
+    assert len(set(counts) | floor) > budget
+    rows = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
+    kept, position = shared_row_plan(tokenizer, texts, budget, rows)
+    assert len(kept) == budget and floor <= set(kept)
+    top = sorted((i for i in counts if i not in floor), key=lambda i: (-counts[i], i))[:20]
+    assert set(top) <= set(kept)
+    assert position.max() < budget and (position[np.asarray(kept)] == np.arange(budget)).all()
