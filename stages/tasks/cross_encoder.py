@@ -222,7 +222,8 @@ class CrossEncoder(Task):
 
     # -- release -------------------------------------------------------------------------------
     def score_bundle(self, model, split: Dataset) -> dict[str, float]:
-        # A query's candidates are scored together, as a re-ranking service scores them.
+        # As `bertpress rerank` runs: length-sorted batches of rerank_depth pairs (a dynamic INT8
+        # graph scores a little differently than one pair at a time; the README has the numbers).
         scores = model.head.scores(self.timing_inputs(split), batch_size=self.cfg.task.rerank_depth)
         return self._ranking(split, scores)
 
