@@ -58,8 +58,7 @@ BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul
 
 def rows_per_batch(path: Path, batched: int = 64) -> int:
     """How many rows a quality pass may batch through `path`: 1 for a graph with dynamic
-    quantization (so its metric is what one request gets, as the release check measures it),
-    else `batched`."""
+    quantization (so its metric is what one request gets), else `batched`."""
     return 1 if BATCH_DEPENDENT_OPS & set(op_counts(path)) else batched
 
 

@@ -51,7 +51,6 @@ class Variant:
     size_mb: float
     predict: Callable[[Batch], np.ndarray]
     tokenizer_dir: Path  # each model is fed by its own tokenizer (a trimmed vocabulary differs)
-    rows_per_batch: int = 64  # 1 for dynamic INT8, whose outputs depend on their batch-mates
 
 
 def pytorch_variant(name: str, model_dir: Path, task: Task, threads: int | None = None) -> Variant:
@@ -82,7 +81,7 @@ def onnx_variant(name: str, path: Path, ctx: StageContext, tokenizer_dir: Path |
 
     provider = session.get_providers()[0].replace("ExecutionProvider", "")
     return Variant(name, f"onnxruntime-{provider.lower()}", path, file_mb(path), predict,
-                   tokenizer_dir or path.parent, rows_per_batch(path))
+                   tokenizer_dir or path.parent)
 
 
 def fixed_length_batch(tokenizer, texts: list, length: int) -> Batch:
@@ -146,8 +145,9 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> tuple
     """The variant's test metrics and timings, and its outputs on the test rows."""
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
-    rows = predict_rows(variant.predict, features, tokenizer, batch_size=variant.rows_per_batch,
-                        desc=f"{variant.name} on test")
+    # One row at a time through dynamic INT8, whose outputs depend on their batch-mates.
+    batch_size = rows_per_batch(variant.path) if variant.runtime.startswith("onnxruntime") else 64
+    rows = predict_rows(variant.predict, features, tokenizer, batch_size=batch_size, desc=f"{variant.name} on test")
     result: dict[str, object] = task.metrics(rows, features)
     corpus = task.corpus_texts(test)
     if corpus is not None:  # retrieval: what indexing the corpus and answering a query cost
