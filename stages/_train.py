@@ -41,6 +41,7 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
+        group_by_length=train.group_by_length,
         per_device_eval_batch_size=train.eval_batch_size,
         learning_rate=train.learning_rate,
         weight_decay=train.weight_decay,

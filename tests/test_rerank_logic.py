@@ -173,6 +173,7 @@ TINY = "configs/tiny-rerank.yaml"
     (["task.distill_loss=kl"], "task.distill_loss"),
     (["task.stride=3"], "unknown key for task.type cross-encoder"),
     (["task.retriever_weight=2"], "task.retriever_weight"),
+    (["distill.group_by_length=true"], "distill.group_by_length: false"),
 ])
 def test_config_errors_name_the_key_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
