@@ -61,6 +61,15 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
     )
 
 
+class OrderedEvalTrainer(Trainer):
+    """A Trainer that evaluates rows in dataset order. With group_by_length, transformers also
+    length-sorts evaluation batches, and the task metrics that read the split's own rows (pairs,
+    queries and their corpus, QA windows) would then score another row's prediction."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        return None if eval_dataset is None else torch.utils.data.SequentialSampler(eval_dataset)
+
+
 class TrackerCallback(TrainerCallback):
     """Per-step train loss and per-epoch validation metrics to MLflow, with units in the names."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, Trainer, set_seed
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, set_seed
 
 from pipeline.config import DistillConfig, IntermediateConfig
 from pipeline.stage import StageContext, StageError, StageResult
@@ -35,6 +35,7 @@ from stages._hf import (
 )
 from stages._losses import attention_kl, hidden_state_mse, uniform_layer_map
 from stages._train import (
+    OrderedEvalTrainer,
     TrackerCallback,
     configure_torch,
     evaluate,
@@ -57,7 +58,7 @@ from stages.tasks import get_task
 from stages.tasks.base import TEACHER_LOGITS, Task
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(OrderedEvalTrainer):
     """A Trainer whose change is the loss: the teacher's logits (live, or precomputed as a column)
     enter through the task's distillation loss, and optionally its hidden states (MSE, through a
     learned projection when widths differ) and attention distributions (KL) for mapped layers."""

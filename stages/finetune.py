@@ -9,11 +9,12 @@ Writes: model/ (weights, config with id2label, tokenizer), metrics.json.
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
+from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
 from pipeline.stage import StageContext, StageResult
 from stages._hf import label_maps, load_splits_dir, load_teacher, save_json
 from stages._train import (
+    OrderedEvalTrainer,
     TrackerCallback,
     configure_torch,
     train_and_evaluate,
@@ -47,7 +48,7 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.finetune.early_stopping_patience:
         # Stateful: its patience counter is saved in each checkpoint, so a resumed run goes on counting.
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.finetune.early_stopping_patience))
-    trainer = Trainer(
+    trainer = OrderedEvalTrainer(
         model=model,
         args=training_arguments(cfg.finetune, cfg.runtime, ctx.scratch, cfg.project.seed, task),
         train_dataset=splits["train"],

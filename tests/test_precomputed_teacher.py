@@ -92,7 +92,8 @@ def test_evaluation_rows_without_targets_score_the_labels_and_never_run_the_teac
 
 def test_grouping_by_length_cuts_the_padding_of_training_batches(tmp_path):
     """distill.group_by_length reaches the distillation trainer's sampler: batches of texts of
-    similar length, so far fewer padded positions than random batches of the same rows."""
+    similar length, so far fewer padded positions than random batches of the same rows; evaluation
+    stays in the split's order."""
     with DATA.open() as fh:
         words = " ".join(r["review"] for r in csv.DictReader(fh)).split()
     # 320 texts of 1 to 24 words: transformers groups within megabatches of up to 50 batches
@@ -112,6 +113,12 @@ def test_grouping_by_length_cuts_the_padding_of_training_batches(tmp_path):
                                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         batches = list(trainer.get_train_dataloader())
         assert sum(len(b["input_ids"]) for b in batches) == len(texts)  # every row once
+        # evaluation keeps the split's order (the task metrics read its rows): transformers would
+        # length-sort it too
+        predicted = trainer.predict(ds.select(range(40))).predictions
+        with torch.no_grad():
+            alone = trainer.model(**{k: torch.tensor([enc[k][37]]) for k in ("input_ids", "attention_mask")}).logits
+        np.testing.assert_allclose(predicted[37], alone[0].numpy(), atol=1e-5)
         return sum(b["input_ids"].numel() for b in batches)
 
     grouped, shuffled = padded_positions(True), padded_positions(False)
