@@ -405,12 +405,6 @@ class VocabTrimConfig(_Section):
         "so rare words (names) keep a similar piece's meaning instead of being re-split; the ONNX "
         "graph stores only the kept rows and looks ids up through a remap table.",
     )
-    train_shared_rows: bool = Field(
-        False,
-        description="With share_rows: choose the rows before distillation (nearest by the teacher's "
-        "rows) and train the student through them, so each kept row learns for every piece that "
-        "reads it (false: share after training, by the trained student's rows, untrained).",
-    )
 
 
 class BudgetConfig(_Section):
@@ -541,9 +535,6 @@ class DistillConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _budget_trim(self) -> DistillConfig:
-        if self.trim_vocab.train_shared_rows and not self.trim_vocab.share_rows:
-            raise ValueError("distill.trim_vocab.train_shared_rows trains through shared embedding rows; "
-                             "set distill.trim_vocab.share_rows: true (with max_tokens) or drop it")
         if self.trim_vocab.max_tokens is None:
             if self.trim_vocab.share_rows:
                 raise ValueError("distill.trim_vocab.share_rows needs distill.trim_vocab.max_tokens (how "
@@ -790,9 +781,6 @@ class PipelineConfig(_Section):
                 "may only hold letters, digits, '_', '.' and '-'; set release.model_name"
             )
         self._task_needs()
-        if self.search.enabled and self.distill.trim_vocab.train_shared_rows:
-            raise ValueError("distill.trim_vocab.train_shared_rows: the student search shares rows after "
-                             "training; set search.enabled: false to train through shared rows")
         student = self.distill.student
         if student.keep_layers is not None and self.teacher.random is not None:
             depth = self.teacher.random.num_hidden_layers

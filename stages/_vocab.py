@@ -217,35 +217,3 @@ def share_rows(model: PreTrainedModel, kept: list[int], position: np.ndarray) ->
     exactly what the compact ONNX graph will."""
     weight = model.get_input_embeddings().weight
     weight.data = weight.data[torch.tensor(kept)][torch.from_numpy(position)].clone()
-
-
-class SharedRowEmbedding(torch.nn.Module):
-    """The word embedding as the compact ONNX graph reads it, for training: `len(kept)` rows, looked
-    up through `position` (each vocabulary id's row), so every piece that shares a row trains it.
-    torch.nn.Embedding cannot tie rows; copies in a full matrix would drift apart while training."""
-
-    def __init__(self, embedding: torch.nn.Embedding, kept: list[int], position: np.ndarray):
-        super().__init__()
-        self.rows = torch.nn.Parameter(embedding.weight.data[torch.tensor(kept)].clone())
-        self.register_buffer("position", torch.from_numpy(np.asarray(position, dtype=np.int64)))
-        self.vocab_padding_idx = embedding.padding_idx
-
-    @property
-    def weight(self) -> torch.Tensor:  # the full-size view, for code that reads an embedding's weight
-        return self.rows[self.position]
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(self.position[input_ids], self.rows)
-
-
-def train_through_shared_rows(model: PreTrainedModel, kept: list[int], position: np.ndarray) -> None:
-    model.set_input_embeddings(SharedRowEmbedding(model.get_input_embeddings(), kept, position))
-
-
-def unshare_for_saving(model: PreTrainedModel) -> None:
-    """Back to a plain nn.Embedding holding copies of the trained rows (what `share_rows` makes),
-    so the saved model is a stock BERT and export finds the usual lookup."""
-    shared = model.get_input_embeddings()
-    full = torch.nn.Embedding(len(shared.position), shared.rows.shape[1], padding_idx=shared.vocab_padding_idx)
-    full.weight.data = shared.weight.detach().clone()
-    model.set_input_embeddings(full)

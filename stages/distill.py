@@ -48,11 +48,9 @@ from stages._vocab import (
     retokenization,
     share_rows,
     shared_row_plan,
-    train_through_shared_rows,
     trim_embeddings,
     trim_tokenizer,
     trim_vocabulary,
-    unshare_for_saving,
     verify_trim,
 )
 from stages._width import shrink_width
@@ -261,9 +259,6 @@ def run(ctx: StageContext) -> StageResult:
                      ctx.path("search_winner"))
     else:
         student = make_student(dcfg, teacher, id2label, tokenizer, task, budget)
-    shared = None
-    if dcfg.trim_vocab.train_shared_rows:  # rows chosen now, by the start rows; trained shared
-        shared = plan_shared_rows(ctx, task, raw, student, tokenizer, train=True)
     ctx.log.info(
         "student %.1fM parameters (%d layers) from a %.1fM teacher",
         student.num_parameters() / 1e6, student.config.num_hidden_layers, teacher.num_parameters() / 1e6,
@@ -283,10 +278,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/trimmed_size": float(len(budget.kept_ids)),
                     "vocab/validation_changed_share": info["trim_vocab"]["validation"]["changed_share"]}
     elif dcfg.trim_vocab.share_rows:
-        if shared is None:
-            shared = plan_shared_rows(ctx, task, raw, model, tokenizer)
-        else:
-            unshare_for_saving(model)
+        shared = plan_shared_rows(ctx, task, raw, model, tokenizer)
         info["trim_vocab"] = {"kept": len(shared[0]), "original": len(tokenizer), "mode": "shared rows"}
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/kept_rows": float(len(shared[0]))}
     elif dcfg.trim_vocab.enabled:
@@ -317,16 +309,14 @@ def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[Bu
     return budget, {"kept": len(kept), "original": len(tokenizer), "validation": report}
 
 
-def plan_shared_rows(ctx: StageContext, task: Task, raw, model, tokenizer,
-                     train: bool = False) -> tuple[list[int], np.ndarray]:
-    """Keep max_tokens rows of the student's embedding and point every other piece at its nearest
-    kept row. After training (the PyTorch model then holds copies; export stores only the kept
-    rows), or with `train` before it: the student then trains through the shared rows."""
+def plan_shared_rows(ctx: StageContext, task: Task, raw, model, tokenizer) -> tuple[list[int], np.ndarray]:
+    """Keep max_tokens rows of the trained student's embedding and point every other piece at its
+    nearest kept row (the PyTorch model then holds copies; export stores only the kept rows)."""
     tcfg = ctx.cfg.distill.trim_vocab
     texts = domain_texts(ctx, task, raw, ("train",))
     weight = model.get_input_embeddings().weight.data.cpu()
     kept, position = shared_row_plan(tokenizer, texts, tcfg.max_tokens, weight, tcfg.keep_characters)
-    (train_through_shared_rows if train else share_rows)(model, kept, position)
+    share_rows(model, kept, position)
     ctx.log.info("embedding rows: %d kept of %d; every other piece reads its nearest kept row",
                  len(kept), len(position))
     return kept, position

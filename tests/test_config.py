@@ -438,9 +438,6 @@ def test_registered_name_defaults_to_the_project_and_gates_are_not_hashed() -> N
     (["distill.trim_vocab.max_tokens=500"], "token-level losses"),  # tiny.yaml has layer losses on
     (["distill.trim_vocab.max_tokens=2"], "distill.trim_vocab.max_tokens"),
     (["distill.trim_vocab.share_rows=true"], "share_rows needs distill.trim_vocab.max_tokens"),
-    (["distill.trim_vocab.train_shared_rows=true"], "set distill.trim_vocab.share_rows: true"),
-    (["search.enabled=true", "distill.trim_vocab.max_tokens=500", "distill.trim_vocab.share_rows=true",
-      "distill.trim_vocab.train_shared_rows=true"], "the student search shares rows after training"),
 ])
 def test_vocabulary_budget_errors_name_the_fix(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

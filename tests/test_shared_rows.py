@@ -16,13 +16,7 @@ from transformers import BertConfig, BertForTokenClassification
 
 from stages._hf import train_wordpiece_tokenizer
 from stages._onnx import compact_shared_rows
-from stages._vocab import (
-    share_rows,
-    shared_row_plan,
-    token_counts,
-    train_through_shared_rows,
-    unshare_for_saving,
-)
+from stages._vocab import share_rows, shared_row_plan, token_counts
 from stages.export import fuse, to_onnx
 
 DATA = Path(__file__).parent / "data" / "tiny_reviews.csv"
@@ -103,13 +97,11 @@ def test_dynamic_int8_quantizes_the_kept_rows_and_leaves_the_lookup_alone(shared
     assert (fp32.argmax(-1) == int8.argmax(-1)).mean() > 0.9
 
 
-@pytest.mark.parametrize("trained", [False, True], ids=["shared-after-training", "trained-shared"])
-def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_path, trained):
+def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_path):
     from conftest import run_cli
 
     run_cli("run", "export", "--set", "distill.trim_vocab.max_tokens=120", "--set",
-            "distill.trim_vocab.share_rows=true", "--set", f"distill.trim_vocab.train_shared_rows={str(trained).lower()}",
-            root=tmp_path, config="configs/tiny-ner.yaml")
+            "distill.trim_vocab.share_rows=true", root=tmp_path, config="configs/tiny-ner.yaml")
     [model_dir] = (tmp_path / "artifacts").glob("distill/*/model")
     shared = np.load(model_dir / "shared_rows.npz")
     assert len(shared["kept"]) == 120
@@ -120,46 +112,6 @@ def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_p
         assert any(r[0] == 120 for r in rows) and not any(r[0] == vocabulary for r in rows), graph
     parity = json.loads(next((tmp_path / "artifacts").glob("export/*/parity.json")).read_text())["parity"]
     assert parity["student_fused"]["max_abs_diff"] < 1e-4 and parity["student_fused"]["argmax_changes"] == 0
-    # the saved student is a stock BERT whose pieces that share a row hold the same numbers
-    weights = BertForTokenClassification.from_pretrained(model_dir).get_input_embeddings().weight.detach().numpy()
-    np.testing.assert_array_equal(weights, weights[shared["kept"]][shared["position"]])
-
-
-def test_training_through_shared_rows_trains_each_row_for_every_piece_that_reads_it(texts):
-    tokenizer = train_wordpiece_tokenizer(texts, 300)
-    torch.manual_seed(0)
-    model = BertForTokenClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, num_labels=5))
-    domain = texts[:10]
-    budget = len(set(token_counts(tokenizer, domain)) | set(tokenizer.all_special_ids)) + 20
-    kept, position = shared_row_plan(tokenizer, domain, budget, model.get_input_embeddings().weight.data)
-    expected_start = model.get_input_embeddings().weight.data[kept][position]
-    train_through_shared_rows(model, kept, position)
-    assert model.get_input_embeddings().rows.shape == (budget, 32)
-    torch.testing.assert_close(model.get_input_embeddings().weight, expected_start)  # what share_rows makes
-
-    # a step on a piece that is not kept moves the row it reads (and so every piece reading that row)
-    unkept = next(i for i in range(len(position)) if i not in set(kept) and i >= 5)
-    row = int(position[unkept])
-    before = model.get_input_embeddings().rows.detach().clone()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    ids = torch.tensor([[tokenizer.cls_token_id, unkept, tokenizer.sep_token_id]])
-    model.train()
-    model(input_ids=ids, labels=torch.tensor([[0, 1, 0]])).loss.backward()
-    optimizer.step()
-    moved = (model.get_input_embeddings().rows.detach() - before).abs().sum(1)
-    assert moved[row] > 0
-    assert set(moved.nonzero().flatten().tolist()) <= {row, *position[ids[0, [0, 2]].numpy()].tolist()}
-
-    model.eval()
-    with torch.no_grad():
-        shared_out = model(input_ids=ids).logits
-        unshare_for_saving(model)
-        assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)
-        torch.testing.assert_close(model(input_ids=ids).logits, shared_out)
-    weights = model.get_input_embeddings().weight.data
-    torch.testing.assert_close(weights, weights[kept][position])
 
 
 def test_the_model_card_says_what_unseen_words_become():
