@@ -905,6 +905,10 @@ class PipelineConfig(_Section):
                              "(STS Benchmark files), or data.text_pair_column (+ data.label_column = the score)")
         if self.task.finetune_teacher and evaluation != "pairs":
             raise ValueError("task.finetune_teacher trains on scored pairs: it needs task.evaluation: pairs")
+        if self.task.finetune_teacher and self.finetune.group_by_length:
+            raise ValueError("finetune.group_by_length: the sentence-embedding teacher fine-tunes with "
+                             "sentence-transformers' trainer, which does not group batches by length; set "
+                             "finetune.group_by_length: false (distill.group_by_length does apply)")
         if self.finetune.max_train_samples is not None:
             raise ValueError("finetune.max_train_samples samples the rows of the fine-tune stage's Trainer; "
                              "a sentence-embedding teacher trains on pairs of its own: use "

@@ -148,13 +148,17 @@ def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
     np.testing.assert_allclose(ours, st.encode(texts), atol=1e-5)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["search.enabled=true"], "covers classification tasks so far"),
-    (["export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
+@pytest.mark.parametrize(("config", "overrides", "message"), [
+    (TINY_EMB, ["search.enabled=true"], "covers classification tasks so far"),
+    (TINY_EMB, ["export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
+    (TINY_EMB, ["task.finetune_teacher=true"], "it needs task.evaluation: pairs"),
+    # sentence-transformers' trainer has no length grouping: refused rather than silently ignored
+    ("configs/tiny-sts.yaml", ["task.finetune_teacher=true", "finetune.group_by_length=true"],
+     "set finetune.group_by_length: false"),
 ])
-def test_config_errors(overrides, message):
+def test_config_errors(config, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(ROOT / TINY_EMB, overrides)
+        load_config(ROOT / config, overrides)
 
 
 # -- pairs (STS) and passage retrieval (SQuAD as ReQA) -------------------------------------------
