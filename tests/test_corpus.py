@@ -22,6 +22,7 @@ from stages._corpus import (
     BUILTIN_CORPORA,
     brown_sentences,
     keep,
+    pack_passages,
     split_sentences,
     unlabeled_texts,
     vader_sentences,
@@ -62,6 +63,19 @@ def test_keep_drops_duplicates_and_out_of_bounds_lengths():
     long = " ".join(["word"] * 61)
     assert keep(["Too short.", "One two three four.", "One two three four.", long, " Five six seven eight. "]) == [
         "One two three four.", "Five six seven eight."]
+
+
+def test_passages_pack_consecutive_sentences_within_the_word_bounds():
+    def sentence(i: int, n: int) -> str:
+        return " ".join([f"s{i}"] * n)
+
+    sizes = [3, 4, 2, 5, 9, 1, 2]  # words per sentence; bounds 5..8 words
+    passages = pack_passages([sentence(i, n) for i, n in enumerate(sizes)], 5, 8)
+    # 3+4 = 7 (the 2 would make 9); 2+5 = 7; the 9-word sentence alone exceeds 8 and is dropped;
+    # the tail 1+2 = 3 is under 5 and dropped
+    assert passages == [f"{sentence(0, 3)} {sentence(1, 4)}", f"{sentence(2, 2)} {sentence(3, 5)}"]
+    assert all(5 <= len(p.split()) <= 8 for p in passages)
+    assert pack_passages([sentence(0, 2), sentence(1, 2)], 5, 8) == []
 
 
 def test_a_file_of_texts_is_read_and_sampled_with_a_seed(tmp_path):
