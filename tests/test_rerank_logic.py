@@ -150,6 +150,20 @@ def test_fusion_standardises_each_query_apart():
     assert fused[:2] == pytest.approx(fuse_scores([0.0, 1.0], [0.2, 0.1], 0.4))
 
 
+def test_fusion_of_interleaved_queries_equals_each_query_fused_alone():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, size=400)  # 40 queries, their candidates interleaved
+    reranker, retriever = rng.normal(0, 5, size=400), rng.normal(0.5, 0.1, size=400)
+    retriever[groups == 7] = 0.1  # one query whose retriever scores tie (0.1: not exact in binary)
+    fused = fuse_scores(reranker, retriever, 0.3, groups.tolist())
+    for query in np.unique(groups):
+        rows = groups == query
+        z = lambda x: (x - x.mean()) / x.std() if x.std() > 1e-12 * abs(x.mean()) else np.zeros_like(x)  # noqa: E731
+        assert fused[rows] == pytest.approx(0.7 * z(reranker[rows]) + 0.3 * z(retriever[rows]), abs=1e-9)
+    tied = groups == 7
+    assert fused[tied] == pytest.approx(0.7 * (reranker[tied] - reranker[tied].mean()) / reranker[tied].std())
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (([1.0, 2.0], [1.0], 0.5), "one re-ranker and one retriever score"),
     (([1.0, 2.0], [1.0, 2.0], 1.5), r"in \[0, 1\]"),
