@@ -112,7 +112,7 @@ def fuse_scores(reranker: Sequence[float], retriever: Sequence[float], retriever
     if np.isnan(retriever).any():
         raise ValueError("fusion needs a retriever score for every candidate; some are missing (NaN)")
     keys = (np.zeros(len(reranker), dtype=np.int64) if groups is None
-            else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1))
+            else np.unique(np.asarray(groups), return_inverse=True)[1])
     return (1 - retriever_weight) * _standardised(reranker, keys) + retriever_weight * _standardised(retriever, keys)
 
 

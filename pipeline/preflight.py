@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import BUILTIN_CORPORA, ConfigError, PipelineConfig
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -83,7 +83,7 @@ def distill_text_files(cfg: PipelineConfig) -> dict[str, Path]:
 def check_distill_texts(cfg: PipelineConfig) -> list[str]:
     """Those files exist."""
     return [f"{field}: {path} does not exist (relative paths start at {Path.cwd()}); give a text file, one "
-            "text per line, or builtin:general-english (or builtin:general-english-passages)"
+            f"text per line, or {' / '.join(BUILTIN_CORPORA)}"
             for field, path in distill_text_files(cfg).items() if not path.is_file()]
 
 

