@@ -587,6 +587,23 @@ class QuantCandidate(_Section):
         description="auto: dynamic on the fused graph (QAttention), static on the unfused export "
         "(onnxruntime's QDQ quantizer cannot quantize the fused Attention op).",
     )
+    embedding_bits: Literal[8, 4] = Field(
+        8, description="Dynamic only: 4 stores the embedding tables as 4-bit blocks (onnxruntime's "
+        "GatherBlockQuantized), about 0.6 of their INT8 size; the embeddings are then looked up "
+        "unfused (Gather + LayerNormalization) and the rest of the graph is dynamic INT8 as usual.")
+    embedding_block_size: int = Field(32, ge=16, le=256, description="Values per 4-bit block, each "
+                                      "with its own scale: smaller blocks are more exact and larger.")
+
+    @model_validator(mode="after")
+    def _four_bit_rows(self) -> QuantCandidate:
+        if self.embedding_block_size & (self.embedding_block_size - 1):
+            raise ValueError(f"quantize.candidates: embedding_block_size {self.embedding_block_size} "
+                             "must be a power of two (16, 32, 64, 128 or 256)")
+        if self.embedding_bits == 4 and (self.method != "dynamic" or self.graph != "auto"):
+            raise ValueError("quantize.candidates: embedding_bits 4 needs method: dynamic and graph: auto "
+                             "(it builds its own fused graph without EmbedLayerNormalization, which "
+                             "reads the table as floats)")
+        return self
 
     @property
     def name(self) -> str:
@@ -599,12 +616,18 @@ class QuantCandidate(_Section):
             parts.append("reduce-range")
         if self.graph != "auto":
             parts.append(self.graph)
+        if self.embedding_bits != 8:
+            parts.append(f"emb{self.embedding_bits}")
+            if self.embedding_block_size != 32:
+                parts.append(f"block{self.embedding_block_size}")
         return "-".join(parts)
 
     @property
     def source_graph(self) -> str:
         if self.graph != "auto":
             return self.graph
+        if self.embedding_bits != 8:
+            return "fused_gather"  # fused attention and layer norms, embeddings left as Gathers
         return "fused" if self.method == "dynamic" else "unfused"
 
 

@@ -163,9 +163,8 @@ def compact_shared_rows(src: Path, dst: Path, kept: list[int], position: np.ndar
     compact = numpy_helper.to_array(matrix)[np.asarray(kept)]
     matrix.CopyFrom(numpy_helper.from_array(compact, matrix.name))
     ids_slot = 1 if node.op_type == "Gather" else 0
-    # The looked-up ids keep the consumer's type: EmbedLayerNormalization takes int32 ids.
-    dtype = np.int32 if node.op_type == "EmbedLayerNormalization" else np.int64
-    remap = numpy_helper.from_array(position.astype(dtype), "shared_rows_position")
+    # int32: what EmbedLayerNormalization takes, and half the bytes (Gather takes either).
+    remap = numpy_helper.from_array(position.astype(np.int32), "shared_rows_position")
     graph.initializer.append(remap)
     shared_ids = "input_ids_shared_rows"
     lookup = helper.make_node("Gather", ["shared_rows_position", node.input[ids_slot]], [shared_ids],

@@ -56,12 +56,16 @@ def to_onnx(model_dir: Path, out_dir: Path, opset: int, task: str) -> Path:
     return path
 
 
-def fuse(onnx_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+def fuse(onnx_path: Path, out_path: Path, num_heads: int, hidden_size: int,
+         embed_layer_norm: bool = True) -> dict[str, int]:
     """onnxruntime's BERT fusions in Python only (opt_level=0), so the graph stays portable across
-    CPU and GPU and can still be quantized."""
+    CPU and GPU and can still be quantized. `embed_layer_norm=False` leaves the embedding lookups
+    as Gathers (for 4-bit embedding tables, which EmbedLayerNormalization cannot read)."""
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = embed_layer_norm
     optimizer = optimize_model(
         str(onnx_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-        optimization_options=FusionOptions("bert"), opt_level=0, use_gpu=False,
+        optimization_options=options, opt_level=0, use_gpu=False,
     )
     optimizer.save_model_to_file(str(out_path), use_external_data_format=False)
     stats = optimizer.get_fused_operator_statistics()

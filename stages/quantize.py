@@ -17,8 +17,13 @@ telling it their default type (extra_options DefaultTensorType=FLOAT, as its mes
 makes fusion and INT8 coexist (QAttention, MatMulInteger, QEmbedLayerNormalization). Static QDQ runs
 on the unfused export because the QDQ quantizer has no Attention support.
 
+4-bit embedding tables (embedding_bits: 4): the vocabulary rows are the largest INT8 tensor of a small
+student, and EmbedLayerNormalization only reads float tables, so these candidates use a fused graph
+without that fusion (embeddings looked up by Gather), dynamic INT8 everywhere else, then the tables
+as 4-bit blocks (onnxruntime's MatMulNBitsQuantizer -> GatherBlockQuantized).
+
 Writes: student_int8/model.onnx (the selected recipe, + config and tokenizer), candidates/<name>.onnx
-for the others, quantize_report.json.
+for the others, student_fused_gather.onnx (when a 4-bit candidate is listed), quantize_report.json.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from transformers import AutoTokenizer
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+from onnxruntime.quantization.registry import IntegerOpsRegistry
+from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.config import QuantCandidate
 from pipeline.stage import StageContext, StageError, StageResult
@@ -60,7 +67,7 @@ from stages.tasks.base import Task, predict_rows
 # Operators that only exist in an integer graph: proof that quantization happened.
 INTEGER_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear",
                "QEmbedLayerNormalization", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul",
-               "QGemm", "MatMulIntegerToFloat")
+               "QGemm", "MatMulIntegerToFloat", "GatherBlockQuantized")
 CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
 
@@ -82,12 +89,40 @@ class TextCalibrationReader(CalibrationDataReader):
         self.position = 0
 
 
+def quantize_embedding_tables(source: Path, target: Path, bits: int, block_size: int) -> int:
+    """Every float embedding table read by a Gather becomes `bits`-bit blocks along the hidden axis
+    (onnxruntime's GatherBlockQuantized); id remap tables (shared rows) and shape Gathers are left
+    alone. Returns how many tables were quantized."""
+    model = onnx.load(str(source))
+    floats = {i.name for i in model.graph.initializer
+              if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    tables, others = [], []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "Gather":
+            node.name = node.name or f"Gather_{index}"
+            (tables if node.input[0] in floats else others).append(node.name)
+    if not tables:
+        raise ValueError(f"no embedding Gather over a float table in {source}: was EmbedLayerNormalization fused?")
+    # (nodes_to_include does not stop the quantizer from trying every Gather with a constant input.)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
+                                     op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),),
+                                     nodes_to_exclude=others)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target))
+    return len(tables)
+
+
 def build(candidate: QuantCandidate, source: Path, target: Path, calibration: TextCalibrationReader | None,
           percentile: float) -> None:
     common = {"per_channel": candidate.per_channel, "reduce_range": candidate.reduce_range}
     if candidate.method == "dynamic":
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8,
+        # 4-bit tables: the embeddings stay float for the INT8 pass, then get their own blocks.
+        ops = ([op for op in IntegerOpsRegistry if op not in ("Gather", "EmbedLayerNormalization")]
+               if candidate.embedding_bits != 8 else None)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}, **common)
+        if candidate.embedding_bits != 8:
+            quantize_embedding_tables(target, target, candidate.embedding_bits, candidate.embedding_block_size)
         return
     assert calibration is not None
     calibration.rewind()
@@ -167,6 +202,13 @@ def run(ctx: StageContext) -> StageResult:
     task = get_task(cfg)
     metric = task.primary_metric
     graphs = {"fused": ctx.path("student_best"), "unfused": ctx.path("student_onnx")}
+    if any(c.source_graph == "fused_gather" for c in qcfg.candidates):
+        from stages.export import fuse  # optimum's exporter: imported only when needed
+
+        graphs["fused_gather"] = ctx.out / "student_fused_gather.onnx"
+        model_cfg = AutoConfig.from_pretrained(ctx.path("student_dir"))
+        fuse(graphs["unfused"], graphs["fused_gather"], model_cfg.num_attention_heads, model_cfg.hidden_size,
+             embed_layer_norm=False)
     tokenizer = AutoTokenizer.from_pretrained(ctx.path("student_dir"))
     raw = load_splits_dir(ctx.path("dataset"))
     validation = task.features(raw["validation"], tokenizer)

@@ -635,3 +635,26 @@ def test_teacher_sample_is_refused_where_the_teacher_trains_on_pairs_of_its_own(
     with pytest.raises(ConfigError, match="data.max_train_samples"):
         load_config(REPO_ROOT / "configs" / "tiny-embeddings.yaml", ["finetune.max_train_samples=10"])
     assert load_config(TINY, ["finetune.max_train_samples=10"]).finetune.max_train_samples == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# 4-bit embedding tables in the INT8 candidates
+
+
+def test_four_bit_tables_name_their_recipe_and_build_their_own_graph() -> None:
+    cfg = load_config(None, ["quantize.candidates=[{method: dynamic}, {method: dynamic, embedding_bits: 4}, "
+                             "{method: dynamic, embedding_bits: 4, embedding_block_size: 64}]"])
+    names = [c.name for c in cfg.quantize.candidates]
+    assert names == ["dynamic", "dynamic-emb4", "dynamic-emb4-block64"]
+    assert [c.source_graph for c in cfg.quantize.candidates] == ["fused", "fused_gather", "fused_gather"]
+
+
+@pytest.mark.parametrize(("candidate", "message"), [
+    ("{method: static, embedding_bits: 4}", "needs method: dynamic"),
+    ("{method: dynamic, embedding_bits: 4, graph: fused}", "needs method: dynamic and graph: auto"),
+    ("{method: dynamic, embedding_bits: 4, embedding_block_size: 48}", "power of two"),
+    ("{method: dynamic, embedding_bits: 2}", "embedding_bits"),
+])
+def test_four_bit_tables_refuse_what_cannot_be_built(candidate: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"quantize.candidates=[{candidate}]"])

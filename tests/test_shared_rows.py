@@ -97,11 +97,47 @@ def test_dynamic_int8_quantizes_the_kept_rows_and_leaves_the_lookup_alone(shared
     assert (fp32.argmax(-1) == int8.argmax(-1)).mean() > 0.9
 
 
+def _weight_bytes(path: Path) -> int:
+    return sum(len(i.raw_data) for i in onnx.load(str(path)).graph.initializer)
+
+
+def test_four_bit_tables_keep_the_lookup_and_predictions_in_less_space(shared_model, texts, tmp_path):
+    from pipeline.config import QuantCandidate
+    from stages.quantize import build
+
+    folder, tokenizer, kept, position = shared_model
+    plain = to_onnx(folder / "model", tmp_path / "onnx", 17, "token-classification")
+    for eln in (True, False):
+        fuse(plain, tmp_path / f"fused-{eln}.onnx", num_heads=4, hidden_size=32, embed_layer_norm=eln)
+        compact_shared_rows(tmp_path / f"fused-{eln}.onnx", tmp_path / f"compact-{eln}.onnx", kept, position)
+    int8, four = tmp_path / "int8.onnx", tmp_path / "emb4.onnx"
+    build(QuantCandidate(), tmp_path / "compact-True.onnx", int8, None, 99.999)
+    build(QuantCandidate(embedding_bits=4, embedding_block_size=16), tmp_path / "compact-False.onnx", four,
+          None, 99.999)
+    graph = onnx.load(str(four)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("GatherBlockQuantized") >= 2 and "MatMulInteger" in ops and "QAttention" in ops
+    assert "EmbedLayerNormalization" not in ops and "SharedRowsLookup" in {n.name for n in graph.node}
+    table = next(i for i in graph.initializer if i.name == "shared_rows_position")
+    assert (onnx.numpy_helper.to_array(table) == position).all()  # the id remap is not quantized
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                and tuple(i.dims) == (len(kept), 32)]  # no float copy of the rows left behind
+    # The stored weights shrink (on a model this tiny the file does not: more graph than weights).
+    assert _weight_bytes(four) < _weight_bytes(int8)
+    batch = dict(tokenizer(texts[20:28], padding=True, return_tensors="np"))
+    batch = {k: v.astype(np.int64) for k, v in batch.items()}
+    fp32, quantized = _logits(tmp_path / "compact-True.onnx", batch), _logits(four, batch)
+    assert (fp32.argmax(-1) == quantized.argmax(-1)).mean() > 0.9
+    np.testing.assert_allclose(_logits(tmp_path / "compact-False.onnx", batch), fp32, atol=1e-5)
+
+
 def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_path):
     from conftest import run_cli
 
-    run_cli("run", "export", "--set", "distill.trim_vocab.max_tokens=120", "--set",
-            "distill.trim_vocab.share_rows=true", root=tmp_path, config="configs/tiny-ner.yaml")
+    run_cli("run", "quantize", "--set", "distill.trim_vocab.max_tokens=120", "--set",
+            "distill.trim_vocab.share_rows=true", "--set",
+            "quantize.candidates=[{method: dynamic}, {method: dynamic, embedding_bits: 4, embedding_block_size: 16}]",
+            root=tmp_path, config="configs/tiny-ner.yaml")
     [model_dir] = (tmp_path / "artifacts").glob("distill/*/model")
     shared = np.load(model_dir / "shared_rows.npz")
     assert len(shared["kept"]) == 120
@@ -112,6 +148,11 @@ def test_a_shared_rows_student_goes_through_export_with_only_its_kept_rows(tmp_p
         assert any(r[0] == 120 for r in rows) and not any(r[0] == vocabulary for r in rows), graph
     parity = json.loads(next((tmp_path / "artifacts").glob("export/*/parity.json")).read_text())["parity"]
     assert parity["student_fused"]["max_abs_diff"] < 1e-4 and parity["student_fused"]["argmax_changes"] == 0
+    # The quantize stage builds the 4-bit-table candidate on its own fused graph and measures it too.
+    report = json.loads(next((tmp_path / "artifacts").glob("quantize/*/quantize_report.json")).read_text())
+    four = report["candidates"]["dynamic-emb4-block16"]
+    assert four["graph"] == "fused_gather" and four["integer_ops"]["GatherBlockQuantized"] >= 2
+    assert four["within_tolerance"] and four["metric_drop"] <= 0.05
 
 
 def test_the_model_card_says_what_unseen_words_become():
