@@ -171,7 +171,7 @@ STAGES: tuple[StageSpec, ...] = (
           "a static (Model2Vec) student from the teacher (when static.enabled)",
           inactive=lambda cfg: not cfg.static.enabled),
     _spec("search", ("dataset", "teacher_tokenizer", "labels", "teacher_model", "teacher_metrics", "stock_int8"),
-          ("search_result",), ("project.seed", "search", "distill", "export.opset"),
+          ("search_result",), ("project.seed", "search", "distill", "export.opset", "quantize.candidates"),
           "search students against the quality budget (when search.enabled)",
           single_process=_search_runs_alone, inactive=lambda cfg: not cfg.search.enabled,
           fingerprint=_student_fingerprint, preflight=_student_inputs),

@@ -5,7 +5,7 @@ students from search.space (depth and which layers, width, FFN, vocabulary budge
 length and recipe); objectives: validation primary metric (up) and cost (down: batch-1 latency as
 a ratio to Optimum's stock INT8 teacher, throughput or INT8 size). Cheap things first:
   1. cost: the untrained architecture is exported, fused and dynamically quantized exactly as the
-     pipeline ships it, then timed in interleaved rounds against the stock INT8 teacher (weights do
+     pipeline ships it (quantize.candidates' first dynamic recipe, e.g. with 4-bit embedding tables), then timed in interleaved rounds against the stock INT8 teacher (weights do
      not change latency or size). Over a hard limit: skipped, never trained.
   2. proxy: a short distillation (search.proxy_fraction of its length), scored on validation.
   3. final: the promising proxies, cheapest first, distilled at full length and scored as INT8 on
@@ -163,21 +163,29 @@ def architecture_key(params: dict[str, Any]) -> str:
 
 
 # -- ONNX: the graph that would ship ------------------------------------------------------------
+def cost_recipe(candidates: list[QuantCandidate]) -> QuantCandidate:
+    """How the search builds the graph it prices: the first dynamic recipe of quantize.candidates
+    (static ones calibrate on data and are never smaller), or plain dynamic INT8."""
+    return next((c for c in candidates if c.method == "dynamic"), QuantCandidate())
+
+
 def int8_graph(model, tokenizer, work: Path, task: Task, opset: int,
-               shared: tuple[list[int], np.ndarray] | None) -> Path:
-    """Export, fuse, compact shared rows, dynamic INT8: the pipeline's default path."""
+               shared: tuple[list[int], np.ndarray] | None, recipe: QuantCandidate | None = None) -> Path:
+    """Export, fuse, compact shared rows, dynamic INT8 (`recipe`: 4-bit tables too): as the pipeline ships it."""
     from stages.export import fuse, to_onnx
     from stages.quantize import build
 
+    recipe = recipe or QuantCandidate()
     shutil.rmtree(work, ignore_errors=True)
     save_model(model, tokenizer, work / "model")
     raw = to_onnx(work / "model", work / "onnx", opset, task.export_task)
     fused = work / "fused.onnx"
-    fuse(raw, fused, model.config.num_attention_heads, model.config.hidden_size)
+    fuse(raw, fused, model.config.num_attention_heads, model.config.hidden_size,
+         embed_layer_norm=recipe.source_graph != "fused_gather")
     if shared is not None:
         compact_shared_rows(fused, fused, shared[0], shared[1])
     target = work / "int8.onnx"
-    build(QuantCandidate(method="dynamic"), fused, target, None, 99.999)
+    build(recipe, fused, target, None, 99.999)
     return target
 
 
@@ -215,6 +223,7 @@ class Search:
         self.teacher = load_model(ctx.path("teacher_model"), self.task.auto_model)
         self.teacher_metric = float(ctx.read_json("teacher_metrics")[f"eval/{self.task.primary_metric}"])
         self.stock = ctx.path("stock_int8")
+        self.recipe = cost_recipe(ctx.cfg.quantize.candidates)
         self.stock_tokenizer = self.tokenizer  # the stock export reads the teacher's pieces
         self.texts = self.task.timing_inputs(self.raw["validation"])[:50]
         self.prepared: dict[tuple, tuple] = {}
@@ -261,7 +270,8 @@ class Search:
             shared = self.shared_plan(dcfg, model)
             if shared is not None:
                 share_rows(model, *shared)
-            path = int8_graph(model, tok, self.ctx.scratch / "cost-graph", self.task, self.cfg.export.opset, shared)
+            path = int8_graph(model, tok, self.ctx.scratch / "cost-graph", self.task, self.cfg.export.opset, shared,
+                              self.recipe)
             self.costs[key] = timed_cost(path, tok, self.stock, self.stock_tokenizer, self.texts, self.ctx)
             self.costs_file.write_text(json.dumps(self.costs, indent=1))
         return self.costs[key]
@@ -345,7 +355,8 @@ class Search:
             shared = self.shared_plan(dcfg, shipped)
             if shared is not None:
                 share_rows(shipped, *shared)
-            path = int8_graph(shipped, tok, self.ctx.scratch / "final-graph", self.task, self.cfg.export.opset, shared)
+            path = int8_graph(shipped, tok, self.ctx.scratch / "final-graph", self.task, self.cfg.export.opset, shared,
+                              self.recipe)
             features = self.task.features(self.raw["validation"], tok)
             from stages.quantize import (
                 score,  # the quantize stage's validation scoring of an ONNX file
@@ -526,7 +537,7 @@ def run(ctx: StageContext) -> StageResult:
         "enabled": True, "primary_metric": task.primary_metric, "teacher_metric": search.teacher_metric,
         "floor": metric_floor(search.teacher_metric, budget), "budget": budget.model_dump(),
         "objective": budget.objective, "feasible": choice.feasible, "message": choice.message,
-        "chosen": chosen, "trials": [as_json(t) for t in everything],
+        "cost_recipe": search.recipe.name, "chosen": chosen, "trials": [as_json(t) for t in everything],
         "pareto_front": [[t.phase, t.number] for t in front],
         "invalid": [t.user_attrs["record"] for t in study.get_trials(deepcopy=False)
                     if t.user_attrs.get("record", {}).get("phase") == "invalid"],

@@ -21,7 +21,10 @@ SEARCH = ("--set", "search.enabled=true", "--set", "search.space.layers=[1,2]",
           "--set", "search.space.intermediate_size=[32,64]", "--set", "search.space.max_tokens=[null,200,20]",
           "--set", "search.space.share_rows=[false,true]", "--set", "search.proxy_trials=4",
           "--set", "search.finalists=2", "--set", "search.proxy_fraction=0.5", "--set", "search.cpu_budget=100",
-          "--set", "search.timing_rounds=2", "--set", "search.timing_iterations=5")
+          "--set", "search.timing_rounds=2", "--set", "search.timing_iterations=5",
+          # Students priced and scored with 4-bit embedding tables, the first dynamic recipe listed.
+          "--set", "quantize.candidates=[{method: static, calibration: minmax}, "
+          "{method: dynamic, embedding_bits: 4, embedding_block_size: 16}, {method: dynamic}]")
 
 
 def journal_records(root: Path) -> int:
@@ -84,6 +87,18 @@ def test_search_report_lists_every_trial_with_costs_and_a_verdict(searched):
     assert chosen["distill"]["student"]["keep_layers"] in ([0], [0, 2])
     assert (path / "winner" / "model.safetensors").is_file()
     assert result["pareto_front"] and "keeps the budget" in result["message"]
+    assert result["cost_recipe"] == "dynamic-emb4-block16"
+
+
+def test_the_search_prices_students_with_the_first_dynamic_recipe():
+    from pipeline.config import QuantCandidate
+    from stages.search import cost_recipe
+
+    static, four, eight = (QuantCandidate(method="static"), QuantCandidate(embedding_bits=4),
+                           QuantCandidate(per_channel=True))
+    assert cost_recipe([static, four, eight]) is four
+    assert cost_recipe([eight, four]) is eight
+    assert cost_recipe([static]) == QuantCandidate()  # no dynamic recipe listed: plain dynamic INT8
 
 
 def test_every_trial_is_a_nested_mlflow_run(searched):
