@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import version_converter
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -94,6 +95,10 @@ def quantize_embedding_tables(source: Path, target: Path, bits: int, block_size:
     (onnxruntime's GatherBlockQuantized); id remap tables (shared rows) and shape Gathers are left
     alone. Returns how many tables were quantized."""
     model = onnx.load(str(source))
+    # int4 tensors need opset 21; the quantizer only relabels the opset, which breaks ops whose
+    # attributes became inputs since (ReduceL2's axes in the embedding graphs), so convert properly.
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21:
+        model = version_converter.convert_version(model, 21)
     floats = {i.name for i in model.graph.initializer
               if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
     tables, others = [], []

@@ -182,3 +182,28 @@ def test_a_budget_below_the_texts_pieces_keeps_the_most_frequent(texts):
     top = sorted((i for i in counts if i not in floor), key=lambda i: (-counts[i], i))[:20]
     assert set(top) <= set(kept)
     assert position.max() < budget and (position[np.asarray(kept)] == np.arange(budget)).all()
+
+
+def test_four_bit_tables_keep_an_opset_17_graph_valid(tmp_path):
+    """The int4 type needs opset 21, where ReduceL2 takes its axes as an input: an embedding graph's
+    L2 normalisation (axes attribute, opset 17) must still load and compute the same thing."""
+    from onnx import TensorProto, helper
+
+    from stages.quantize import quantize_embedding_tables
+
+    table = np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+         helper.make_node("ReduceL2", ["rows"], ["norm"], axes=[-1], keepdims=1),
+         helper.make_node("Div", ["rows", "norm"], ["unit"])],
+        "l2", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("unit", TensorProto.FLOAT, ["n", 32])],
+        [onnx.numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "m.onnx"))
+    assert quantize_embedding_tables(tmp_path / "m.onnx", tmp_path / "q.onnx", 4, 16) == 1
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert "GatherBlockQuantized" in {n.op_type for n in model.graph.node}
+    ids = np.array([0, 7, 49])
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    want = table[ids] / np.linalg.norm(table[ids], axis=-1, keepdims=True)
+    assert np.abs(got - want).max() < 0.1 and np.allclose(np.linalg.norm(got, axis=-1), 1, atol=1e-5)
