@@ -122,8 +122,7 @@ def build(candidate: QuantCandidate, source: Path, target: Path, calibration: Te
     common = {"per_channel": candidate.per_channel, "reduce_range": candidate.reduce_range}
     if candidate.method == "dynamic":
         # 4-bit tables: the embeddings stay float for the INT8 pass, then get their own blocks.
-        ops = ([op for op in IntegerOpsRegistry if op not in ("Gather", "EmbedLayerNormalization")]
-               if candidate.embedding_bits != 8 else None)
+        ops = [op for op in IntegerOpsRegistry if op != "Gather"] if candidate.embedding_bits != 8 else None
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}, **common)
         if candidate.embedding_bits != 8:

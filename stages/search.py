@@ -5,8 +5,9 @@ students from search.space (depth and which layers, width, FFN, vocabulary budge
 length and recipe); objectives: validation primary metric (up) and cost (down: batch-1 latency as
 a ratio to Optimum's stock INT8 teacher, throughput or INT8 size). Cheap things first:
   1. cost: the untrained architecture is exported, fused and dynamically quantized exactly as the
-     pipeline ships it (quantize.candidates' first dynamic recipe, e.g. with 4-bit embedding tables), then timed in interleaved rounds against the stock INT8 teacher (weights do
-     not change latency or size). Over a hard limit: skipped, never trained.
+     pipeline ships it (quantize.candidates' first dynamic recipe, e.g. with 4-bit embedding
+     tables), then timed in interleaved rounds against the stock INT8 teacher (weights do not
+     change latency or size). Over a hard limit: skipped, never trained.
   2. proxy: a short distillation (search.proxy_fraction of its length), scored on validation.
   3. final: the promising proxies, cheapest first, distilled at full length and scored as INT8 on
      validation, until one keeps the budget or the CPU budget (search.cpu_budget x one full
