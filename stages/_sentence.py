@@ -1,4 +1,5 @@
-"""Sentence embeddings as one PyTorch module: BERT, pooling and L2 normalisation.
+"""Sentence embeddings as one PyTorch module: BERT, pooling, an optional linear projection and L2
+normalisation.
 
 sentence-transformers keeps pooling and normalisation in separate modules that run after the
 transformer; exported alone, the transformer returns token vectors and the pooling has to be
@@ -13,6 +14,7 @@ back (the same module files beside the weights).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,13 +39,32 @@ def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, 
 
 
 class SentenceEmbeddingModel(BertPreTrainedModel):
-    """BERT -> pooling -> (L2 normalisation); `logits` is the sentence embedding.
-    config.sentence_pooling ("mean" | "cls") and config.sentence_normalize say how."""
+    """BERT -> pooling -> (linear projection) -> (L2 normalisation); `logits` is the sentence
+    embedding. config.sentence_pooling ("mean" | "cls"), config.sentence_projection (output width,
+    or absent: none; sentence-transformers' Dense with no activation) and config.sentence_normalize
+    say how. A narrower student keeps its teacher's output space through the projection."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
+        width = getattr(config, "sentence_projection", None)
+        self.projection = torch.nn.Linear(config.hidden_size, width) if width else None
         self.post_init()
+
+    def set_projection(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Pooled vectors -> weight @ v + bias ([out, hidden]); the output width becomes `out`."""
+        out, hidden = weight.shape
+        if hidden != self.config.hidden_size:
+            raise StageError(f"a projection from {hidden} dimensions does not fit a {self.config.hidden_size}-wide model")
+        self.config.sentence_projection = out
+        self.projection = torch.nn.Linear(hidden, out).to(weight.device)
+        with torch.no_grad():
+            self.projection.weight.copy_(weight)
+            self.projection.bias.copy_(torch.zeros(out) if bias is None else bias)
+
+    @property
+    def output_dim(self) -> int:
+        return self.projection.out_features if self.projection is not None else self.config.hidden_size
 
     @property
     def pooling(self) -> str:
@@ -54,7 +75,10 @@ class SentenceEmbeddingModel(BertPreTrainedModel):
         return bool(getattr(self.config, "sentence_normalize", True))
 
     def embed(self, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
-        return pool(encoded.last_hidden_state, attention_mask, self.pooling, self.normalize)
+        if self.projection is None:
+            return pool(encoded.last_hidden_state, attention_mask, self.pooling, self.normalize)
+        vectors = self.projection(pool(encoded.last_hidden_state, attention_mask, self.pooling, normalize=False))
+        return torch.nn.functional.normalize(vectors, p=2, dim=-1) if self.normalize else vectors
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 output_hidden_states=None, output_attentions=None, return_dict=None, **_):
@@ -72,30 +96,54 @@ def sentence_head(model: SentenceEmbeddingModel, encoded, attention_mask) -> tor
     return model.embed(encoded, attention_mask)
 
 
-def st_settings(path: Path) -> tuple[str, bool] | None:
-    """(pooling, normalize) of a sentence-transformers directory, read with sentence-transformers;
-    None for a plain transformers directory."""
+@dataclass(frozen=True)
+class STLayout:
+    """What a sentence-transformers directory puts after its transformer."""
+
+    pooling: str
+    normalize: bool
+    dense: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (weight, bias) of a Dense, no activation
+
+
+def _st_modules():
+    try:  # sentence-transformers >= 5.6; the old path still works, with a deprecation warning
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
+    except ImportError:
+        from sentence_transformers.models import Dense, Normalize, Pooling
+    return Dense, Normalize, Pooling
+
+
+def st_settings(path: Path) -> STLayout | None:
+    """Pooling, projection and normalisation of a sentence-transformers directory, read with
+    sentence-transformers; None for a plain transformers directory."""
     path = Path(path)
     if not (path / ST_MODULES).is_file():
         return None
     from sentence_transformers import SentenceTransformer
 
-    try:  # sentence-transformers >= 5.6; the old path still works, with a deprecation warning
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-    except ImportError:
-        from sentence_transformers.models import Normalize, Pooling
-
+    Dense, Normalize, Pooling = _st_modules()
     st = SentenceTransformer(str(path), device="cpu")
-    poolers = [m for m in st if isinstance(m, Pooling)]
-    if len(poolers) != 1:
-        raise StageError(f"{path}: a sentence-transformers model with {len(poolers)} pooling modules; "
-                         "bertpress reads transformer -> pooling -> (normalize)")
+    modules = list(st)[1:]  # after the transformer
+    kinds = tuple("pooling" if isinstance(m, Pooling) else "dense" if isinstance(m, Dense)
+                  else "normalize" if isinstance(m, Normalize) else type(m).__name__ for m in modules)
+    if kinds not in {("pooling",), ("pooling", "normalize"), ("pooling", "dense"), ("pooling", "dense", "normalize")}:
+        raise StageError(f"{path}: sentence-transformers modules transformer -> {' -> '.join(kinds)}; bertpress "
+                         "reads transformer -> pooling -> (one Dense, no activation) -> (normalize)")
+    poolers = [m for m in modules if isinstance(m, Pooling)]
+    denses = [m for m in modules if isinstance(m, Dense)]
     mode = poolers[0].pooling_mode
     mode = mode[0] if isinstance(mode, list | tuple) and len(mode) == 1 else mode
     pooling = {"mean": "mean", "cls": "cls"}.get(mode) if isinstance(mode, str) else None
     if pooling is None:
         raise StageError(f"{path}: pooling {mode!r} is not supported; use mean or cls pooling")
-    return pooling, any(isinstance(m, Normalize) for m in st)
+    dense = None
+    if denses:
+        if not isinstance(denses[0].activation_function, torch.nn.Identity):
+            raise StageError(f"{path}: its Dense module applies {type(denses[0].activation_function).__name__}; "
+                             "bertpress reads a Dense without activation (torch.nn.Identity)")
+        linear = denses[0].linear
+        dense = (linear.weight.detach().clone(), None if linear.bias is None else linear.bias.detach().clone())
+    return STLayout(pooling, any(isinstance(m, Normalize) for m in modules), dense)
 
 
 def load_sentence_model(path: Path, pooling: str | None = None, normalize: bool | None = None,
@@ -105,8 +153,10 @@ def load_sentence_model(path: Path, pooling: str | None = None, normalize: bool 
     path = Path(path)
     found = st_settings(path)
     model = SentenceEmbeddingModel.from_pretrained(str(path), **kwargs)
-    if found is not None and not hasattr(model.config, "sentence_pooling"):
-        model.config.sentence_pooling, model.config.sentence_normalize = found
+    if found is not None and not hasattr(model.config, "sentence_pooling"):  # a foreign ST directory
+        model.config.sentence_pooling, model.config.sentence_normalize = found.pooling, found.normalize
+        if found.dense is not None:
+            model.set_projection(*found.dense)
     model.config.sentence_pooling = pooling or getattr(model.config, "sentence_pooling", "mean")
     if normalize is not None or not hasattr(model.config, "sentence_normalize"):
         model.config.sentence_normalize = True if normalize is None else normalize
@@ -118,9 +168,21 @@ def write_st_modules(model: SentenceEmbeddingModel, out: Path, max_length: int) 
     out = Path(out)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if model.projection is not None:  # written by sentence-transformers' own Dense
+        Dense, _, _ = _st_modules()
+        linear = model.projection
+        dense = Dense(linear.in_features, linear.out_features, activation_function=torch.nn.Identity(),
+                      init_weight=linear.weight.detach().cpu().clone(), init_bias=linear.bias.detach().cpu().clone())
+        path = f"{len(modules)}_Dense"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
+                        "type": "sentence_transformers.models.Dense"})
+        (out / path).mkdir(exist_ok=True)
+        dense.save(str(out / path))
     if model.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (out / "2_Normalize").mkdir(exist_ok=True)
+        path = f"{len(modules)}_Normalize"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
+                        "type": "sentence_transformers.models.Normalize"})
+        (out / path).mkdir(exist_ok=True)
     (out / ST_MODULES).write_text(json.dumps(modules, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps({

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from pipeline.stage import StageError
+from stages._sentence import SentenceEmbeddingModel
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -43,6 +44,11 @@ def shrink_width(model: PreTrainedModel, hidden: int, heads: int, intermediate: 
 
     new_cfg = copy.deepcopy(cfg)
     new_cfg.hidden_size, new_cfg.num_attention_heads, new_cfg.intermediate_size = hidden, heads, intermediate
+    # A sentence embedding keeps its teacher's output space (indexes, cosine to the teacher): a
+    # projection maps the kept dimensions back, starting as the selection that dropped the others.
+    sentence = isinstance(model, SentenceEmbeddingModel)
+    if sentence and model.projection is None and hidden != cfg.hidden_size:
+        new_cfg.sentence_projection = cfg.hidden_size
     student = type(model)(new_cfg)
     sd = model.state_dict()
     new: dict[str, torch.Tensor] = {}
@@ -88,6 +94,10 @@ def shrink_width(model: PreTrainedModel, hidden: int, heads: int, intermediate: 
         if f"{head}.weight" in sd:
             put(f"{head}.weight", sd[f"{head}.weight"][:, keep_h])
             put(f"{head}.bias", sd[f"{head}.bias"])
+    if sentence and student.projection is not None:
+        weight = sd.get("projection.weight", torch.eye(cfg.hidden_size))
+        put("projection.weight", weight[:, keep_h])
+        put("projection.bias", sd.get("projection.bias", torch.zeros(weight.shape[0])))
     missing, unexpected = student.load_state_dict(new, strict=False)
     leftover = [m for m in missing if not m.endswith("position_ids")]
     if leftover or unexpected:

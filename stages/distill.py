@@ -184,7 +184,7 @@ def make_student(dcfg: DistillConfig, teacher, id2label, tokenizer, task: Task, 
             student = shrink_width(student, spec.hidden_size, spec.num_attention_heads, spec.intermediate_size)
     if budget is not None:  # start from the teacher's rows of the tokens kept
         trim_embeddings(student, budget.kept_ids, budget.tokenizer.pad_token_id)
-    return student
+    return task.adapt_student(student, teacher)
 
 
 def build_trainer(ctx: StageContext, task: Task, dcfg: DistillConfig, teacher, student, tokenizer, train,

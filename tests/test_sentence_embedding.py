@@ -123,9 +123,8 @@ def test_agreement_of_a_model_with_itself_and_with_noise():
     assert other["mean_cosine"] < 0.5 and other["top5_overlap"] < 0.6
 
 
-def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+def _tiny_st_bert(tmp_path):
+    """A 1-layer, 16-wide random BERT and its tokenizer saved in tmp_path/bert."""
     from transformers import BertConfig, BertModel
 
     from conftest import EMBEDDING_CORPUS
@@ -136,6 +135,14 @@ def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
     BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
+    return tokenizer
+
+
+def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    tokenizer = _tiny_st_bert(tmp_path)
     st = SentenceTransformer(modules=[Transformer(str(tmp_path / "bert")), Pooling(16, "cls"), Normalize()],
                              device="cpu")
     st.save(str(tmp_path / "st"))
@@ -146,6 +153,96 @@ def test_a_sentence_transformers_directory_keeps_its_pooling(tmp_path):
     with torch.no_grad():
         ours = model(**batch).logits.numpy()
     np.testing.assert_allclose(ours, st.encode(texts), atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_dense_projection_is_read_and_written_as_sentence_transformers_does(tmp_path, normalize):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    from stages._sentence import write_st_modules
+
+    tokenizer = _tiny_st_bert(tmp_path)
+    modules = [Transformer(str(tmp_path / "bert")), Pooling(16, "mean"),
+               Dense(16, 8, activation_function=torch.nn.Identity())] + ([Normalize()] if normalize else [])
+    st = SentenceTransformer(modules=modules, device="cpu")
+    st.save(str(tmp_path / "st"))
+    texts = ["a dull thin plot", "the music is great and the cast is better"]
+    model = load_sentence_model(tmp_path / "st", normalize=normalize).eval()  # a foreign directory: its Dense
+    assert model.output_dim == 8 and model.config.sentence_projection == 8
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = model(**batch).logits.numpy()
+    np.testing.assert_allclose(ours, st.encode(texts), atol=1e-5)
+    # Written back by bertpress: sentence-transformers and bertpress both read the same model again.
+    model.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    write_st_modules(model, tmp_path / "ours", 32)
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "ours"), device="cpu").encode(texts), ours, atol=1e-5)
+    again = load_sentence_model(tmp_path / "ours").eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(again(**batch).logits.numpy(), ours, atol=1e-6)
+
+
+def test_a_dense_with_an_activation_is_refused_by_name(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+
+    from pipeline.stage import StageError
+
+    _tiny_st_bert(tmp_path)
+    SentenceTransformer(modules=[Transformer(str(tmp_path / "bert")), Pooling(16, "mean"), Dense(16, 8)],
+                        device="cpu").save(str(tmp_path / "st"))  # Dense's default activation: Tanh
+    with pytest.raises(StageError, match="its Dense module applies Tanh"):
+        load_sentence_model(tmp_path / "st")
+
+
+def test_a_narrower_student_starts_in_its_teachers_space():
+    """shrink_width keeps the most important residual dimensions; the projection puts them back
+    where they were, so before any training the student's pooled vector, projected, has the
+    teacher's width with zeros in the dropped dimensions."""
+    from transformers import BertConfig
+
+    from stages._width import shrink_width
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config.sentence_pooling, config.sentence_normalize = "mean", False
+    torch.manual_seed(0)
+    teacher = SentenceEmbeddingModel(config).eval()
+    student = shrink_width(teacher, 16, 2, 32).eval()
+    assert (student.config.hidden_size, student.output_dim) == (16, 32)
+    weight = student.projection.weight.detach()
+    assert sorted(weight.sum(0).tolist()) == [1.0] * 16 and set(weight.sum(1).tolist()) == {0.0, 1.0}
+    ids = torch.randint(0, 50, (3, 7))
+    with torch.no_grad():
+        vectors = student(input_ids=ids).logits
+    kept = weight.sum(1).bool()
+    assert vectors.shape == (3, 32) and torch.all(vectors[:, ~kept] == 0)
+    assert shrink_width(student, 8, 1, 16).projection.weight.shape == (32, 8)  # an existing projection is sliced
+
+
+def test_a_student_model_of_another_width_gets_a_projection_and_the_teachers_pooling():
+    from transformers import BertConfig
+
+    from stages.tasks import get_task
+
+    teacher_config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=64)
+    teacher_config.sentence_pooling, teacher_config.sentence_normalize = "cls", True
+    teacher = SentenceEmbeddingModel(teacher_config)
+    student = SentenceEmbeddingModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=32))  # mean by default
+    student = get_task(load_config(ROOT / TINY_EMB)).adapt_student(student, teacher)
+    assert (student.pooling, student.normalize, student.output_dim) == ("cls", True, 32)
+    with torch.no_grad():
+        vectors = student(input_ids=torch.randint(0, 50, (2, 5))).logits
+    assert vectors.shape == (2, 32)
+    np.testing.assert_allclose(vectors.norm(dim=1).numpy(), 1.0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("config", "overrides", "message"), [
@@ -225,6 +322,13 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         assert -1 <= bench["variants"][variant][metric] <= 1
     release = json.loads((Path(rows["release"]["path"]) / "manifest.json").read_text())
     assert f"release/runtime_test_{metric}" in release["metrics"]
+    if "retrieval" in config:  # a narrower student (16) embeds into the teacher's 32 dimensions
+        saved = json.loads((Path(rows["distill"]["path"]) / "model" / "config.json").read_text())
+        assert (saved["hidden_size"], saved["sentence_projection"]) == (16, 32)
+        parity = json.loads((Path(rows["export"]["path"]) / "manifest.json").read_text())["info"]["library_parity"]
+        assert parity["student"]["st_min_cosine"] >= 0.9999  # sentence-transformers reads the Dense module
+        bundle = json.loads((Path(rows["release"]["path"]) / "bundle" / "bundle.json").read_text())
+        assert bundle["sentence_embedding"]["dim"] == 32
     if "retrieval" in config:  # the service's costs: index of the corpus, encode + search per query
         for variant in ("teacher-stock-int8", "student-int8", "static-model2vec"):
             timing = bench["variants"][variant]["retrieval"]

@@ -113,6 +113,11 @@ class Task:
     def collator_for_distillation(self, tokenizer):
         return self.collator(tokenizer)
 
+    def adapt_student(self, student, teacher):
+        """A student made to keep the head's contract with its teacher before it is distilled
+        (default: as it is)."""
+        return student
+
     def save_model(self, model, tokenizer, out) -> dict[str, float]:
         """Save a trained model (teacher or student) where the next stage loads it from."""
         from stages._hf import save_model

@@ -258,6 +258,16 @@ class SentenceEmbedding(Task):
     def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float, alpha: float):
         return embedding_mse(student_logits, teacher_logits)
 
+    def adapt_student(self, student, teacher):
+        """The student embeds as its teacher does (pooling, normalisation) and into its teacher's
+        space: a student model of another width (distill.student.model) gets a learned projection
+        to it (a narrowed copy of the teacher already has one; see stages._width)."""
+        student.config.sentence_pooling, student.config.sentence_normalize = teacher.pooling, teacher.normalize
+        if student.output_dim != teacher.output_dim:
+            weight = torch.nn.init.xavier_uniform_(torch.empty(teacher.output_dim, student.config.hidden_size))
+            student.set_projection(weight)
+        return student
+
     # -- export --------------------------------------------------------------------------------
     def stock_predictor(self, session, teacher_dir: Path):
         """Optimum's feature-extraction export returns token vectors: the pooling and normalisation
@@ -320,7 +330,7 @@ class SentenceEmbedding(Task):
     def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         config = model_config or {}
         return {"sentence_embedding": {
-            "output": "logits", "dim": config.get("hidden_size"),
+            "output": "logits", "dim": config.get("sentence_projection") or config.get("hidden_size"),
             "pooling": config.get("sentence_pooling", "mean"),
             "normalized": bool(config.get("sentence_normalize", True))}}
 
@@ -330,8 +340,8 @@ def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Squared distance summed over dimensions, averaged over texts (2 - 2 cos for unit vectors)."""
     if student.shape[-1] != teacher.shape[-1]:
         raise StageError(f"the student's embedding has {student.shape[-1]} dimensions, the teacher's "
-                         f"{teacher.shape[-1]}: a projection to the teacher's space is not built yet, so keep "
-                         "the teacher's width (distill.student.hidden_size: null)")
+                         f"{teacher.shape[-1]}: the student should have been given a projection to the "
+                         "teacher's space (SentenceEmbedding.adapt_student); report this as a bug")
     return ((student - teacher.to(student.dtype)) ** 2).sum(-1).mean()
 
 
