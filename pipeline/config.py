@@ -524,6 +524,11 @@ class DistillConfig(TrainConfig):
     intermediate: IntermediateConfig = Field(default_factory=IntermediateConfig)
     trim_vocab: VocabTrimConfig = Field(default_factory=VocabTrimConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    pair_weight: float = Field(
+        0.0, ge=0,
+        description="Sentence embeddings with scored pairs (STS): weight of a CoSENT loss on a batch of the "
+        "train pairs at every step, beside the embedding MSE (0 = off).")
+    pair_batch_size: int = Field(16, ge=2, description="Scored pairs per step (with pair_weight).")
 
     @model_validator(mode="before")
     @classmethod
@@ -832,6 +837,9 @@ class PipelineConfig(_Section):
                          else ("a labelled-text", "sequence-classification or sentence-embedding"))
             raise ValueError(f"data.builtin={data.builtin} is {kind} dataset but task.type is "
                              f"{self.task.type}; set task.type: {fix} or pick another data.builtin")
+        if self.distill.pair_weight > 0 and getattr(self.task, "evaluation", None) != "pairs":
+            raise ValueError("distill.pair_weight adds a loss on scored sentence pairs: it needs task.type: "
+                             "sentence-embedding with task.evaluation: pairs (STS-style data); set it to 0")
         if self.task.type == "sentence-embedding":
             self._sentence_embedding_needs()
         elif self.static.enabled:

@@ -65,8 +65,11 @@ class DistillationTrainer(OrderedEvalTrainer):
 
     def __init__(self, *args, task: Task, teacher: torch.nn.Module, temperature: float, alpha: float,
                  intermediate: IntermediateConfig | None = None,
-                 layer_map: list[tuple[int, int]] | None = None, **kwargs):
+                 layer_map: list[tuple[int, int]] | None = None, pairs=None, pair_weight: float = 0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.pairs, self.pair_weight = (pairs, pair_weight) if pairs is not None and pair_weight > 0 else (None, 0.0)
+        self.pair_calls: int | None = None  # training forward passes so far (set from the step on resume)
         self.task = task
         self.teacher = teacher.to(self.args.device).eval()
         self.temperature = temperature
@@ -144,6 +147,11 @@ class DistillationTrainer(OrderedEvalTrainer):
         if extra.get("output_attentions"):
             loss = loss + self.intermediate.attention_weight * attention_kl(
                 outputs.attentions, teacher_out.attentions, self.layer_map, mask)
+        if self.pairs is not None and model.training:
+            if self.pair_calls is None:  # the same pair batch at the same step, resumed or not
+                self.pair_calls = self.state.global_step * self.args.gradient_accumulation_steps
+            loss = loss + self.pair_weight * self.pairs.loss(model, self.pair_calls)
+            self.pair_calls += 1
         return (loss, outputs) if return_outputs else loss
 
 
@@ -188,7 +196,7 @@ def make_student(dcfg: DistillConfig, teacher, id2label, tokenizer, task: Task, 
 
 
 def build_trainer(ctx: StageContext, task: Task, dcfg: DistillConfig, teacher, student, tokenizer, train,
-                  validation, scratch):
+                  validation, scratch, pairs=None):
     return DistillationTrainer(
         model=student,
         task=task,
@@ -197,6 +205,8 @@ def build_trainer(ctx: StageContext, task: Task, dcfg: DistillConfig, teacher, s
         alpha=dcfg.alpha,
         intermediate=dcfg.intermediate,
         layer_map=default_layer_map(dcfg, student.config.num_hidden_layers, teacher.config.num_hidden_layers),
+        pairs=pairs,
+        pair_weight=dcfg.pair_weight,
         args=training_arguments(dcfg, ctx.cfg.runtime, scratch, ctx.cfg.project.seed, task),
         train_dataset=train,
         eval_dataset=validation,
@@ -263,8 +273,13 @@ def run(ctx: StageContext) -> StageResult:
         "student %.1fM parameters (%d layers) from a %.1fM teacher",
         student.num_parameters() / 1e6, student.config.num_hidden_layers, teacher.num_parameters() / 1e6,
     )
+    pairs = task.pair_supervision(raw["train"], student_tokenizer) if dcfg.pair_weight > 0 else None
+    if pairs is not None:
+        info["pair_supervision"] = {"pairs": len(pairs.pairs), "weight": dcfg.pair_weight,
+                                    "batch_size": pairs.batch_size, "loss": "CoSENT"}
+        ctx.log.info("pair supervision: CoSENT on %d scored train pairs, weight %g", len(pairs.pairs), dcfg.pair_weight)
     trainer = build_trainer(ctx, task, dcfg, teacher, student, student_tokenizer, splits["train"],
-                            splits["validation"], ctx.scratch)
+                            splits["validation"], ctx.scratch, pairs)
     if ctx.has("search_winner"):
         metrics = {f"{split}/{name}": value for split, ds in (("eval", splits["validation"]), ("test", splits["test"]))
                    for name, value in evaluate(trainer, ds, task).items() if not isinstance(value, dict)}

@@ -245,7 +245,31 @@ def test_a_student_model_of_another_width_gets_a_projection_and_the_teachers_poo
     np.testing.assert_allclose(vectors.norm(dim=1).numpy(), 1.0, atol=1e-6)
 
 
+def test_pair_batches_are_seeded_passes_and_the_loss_is_cosent_by_hand(tmp_path):
+    """Every pass visits each pair once, the same index gives the same batch (resume-safe), and
+    the loss equals CoSENT written out: log(1 + sum over s_i > s_j of exp(20 (cos_j - cos_i)))."""
+    from stages._pairs import PairSupervision
+
+    tokenizer = _tiny_st_bert(tmp_path)
+    model = load_sentence_model(tmp_path / "bert", "mean", True).eval()
+    pairs = [(f"the plot {i}", f"the music {i % 3}", float(i)) for i in range(6)]
+    sup = PairSupervision(pairs, tokenizer, batch_size=3, max_length=16, seed=0)
+    first_pass = sup.batch(0) + sup.batch(1)
+    assert sorted(first_pass) == sorted(pairs) and sup.batch(1) == PairSupervision(
+        pairs, tokenizer, batch_size=3, max_length=16, seed=0).batch(1)
+    assert sup.batch(2) + sup.batch(3) != first_pass  # a new permutation each pass
+    rows = sup.batch(4)
+    with torch.no_grad():
+        loss = sup.loss(model, 4).item()
+        embed = [model(**tokenizer([r[side] for r in rows], padding=True, return_tensors="pt")).logits
+                 for side in (0, 1)]
+    cos = torch.nn.functional.cosine_similarity(embed[0], embed[1]).tolist()
+    terms = [np.exp(20 * (cos[j] - cos[i])) for i in range(3) for j in range(3) if rows[i][2] > rows[j][2]]
+    assert loss == pytest.approx(np.log(1 + sum(terms)), rel=1e-5)
+
+
 @pytest.mark.parametrize(("config", "overrides", "message"), [
+    (TINY_EMB, ["distill.pair_weight=1.0"], "needs task.type: sentence-embedding with task.evaluation: pairs"),
     (TINY_EMB, ["search.enabled=true"], "covers classification tasks so far"),
     (TINY_EMB, ["export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
     (TINY_EMB, ["task.finetune_teacher=true"], "it needs task.evaluation: pairs"),
@@ -322,6 +346,9 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         assert -1 <= bench["variants"][variant][metric] <= 1
     release = json.loads((Path(rows["release"]["path"]) / "manifest.json").read_text())
     assert f"release/runtime_test_{metric}" in release["metrics"]
+    distilled = json.loads((Path(rows["distill"]["path"]) / "manifest.json").read_text())["info"]
+    if "sts" in config:  # scored pairs: CoSENT beside the embedding MSE
+        assert distilled["pair_supervision"]["pairs"] > 0 and distilled["pair_supervision"]["loss"] == "CoSENT"
     if "retrieval" in config:  # a narrower student (16) embeds into the teacher's 32 dimensions
         saved = json.loads((Path(rows["distill"]["path"]) / "model" / "config.json").read_text())
         assert (saved["hidden_size"], saved["sentence_projection"]) == (16, 32)

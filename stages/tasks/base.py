@@ -113,6 +113,11 @@ class Task:
     def collator_for_distillation(self, tokenizer):
         return self.collator(tokenizer)
 
+    def pair_supervision(self, train: Dataset, tokenizer):
+        """Labelled pairs the student also learns from beside its teacher (distill.pair_weight);
+        None where the task has none."""
+        return None
+
     def adapt_student(self, student, teacher):
         """A student made to keep the head's contract with its teacher before it is distilled
         (default: as it is)."""

@@ -258,6 +258,16 @@ class SentenceEmbedding(Task):
     def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float, alpha: float):
         return embedding_mse(student_logits, teacher_logits)
 
+    def pair_supervision(self, train: Dataset, tokenizer):
+        """STS-style train pairs (a, b, score) for a CoSENT loss beside the embedding MSE."""
+        from stages._pairs import PairSupervision
+
+        if ed.PAIR not in train.column_names:
+            return None
+        rows = list(zip(train[TEXT], train[ed.PAIR], map(float, train[ed.SCORE]), strict=True))
+        dcfg = self.cfg.distill
+        return PairSupervision(rows, tokenizer, dcfg.pair_batch_size, self.cfg.data.max_length, self.cfg.project.seed)
+
     def adapt_student(self, student, teacher):
         """The student embeds as its teacher does (pooling, normalisation) and into its teacher's
         space: a student model of another width (distill.student.model) gets a learned projection
