@@ -168,21 +168,22 @@ def write_st_modules(model: SentenceEmbeddingModel, out: Path, max_length: int) 
     out = Path(out)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+
+    def add(kind: str) -> Path:  # the next module's folder, numbered as sentence-transformers numbers them
+        folder = f"{len(modules)}_{kind}"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": folder,
+                        "type": f"sentence_transformers.models.{kind}"})
+        (out / folder).mkdir(exist_ok=True)
+        return out / folder
+
     if model.projection is not None:  # written by sentence-transformers' own Dense
         Dense, _, _ = _st_modules()
         linear = model.projection
-        dense = Dense(linear.in_features, linear.out_features, activation_function=torch.nn.Identity(),
-                      init_weight=linear.weight.detach().cpu().clone(), init_bias=linear.bias.detach().cpu().clone())
-        path = f"{len(modules)}_Dense"
-        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
-                        "type": "sentence_transformers.models.Dense"})
-        (out / path).mkdir(exist_ok=True)
-        dense.save(str(out / path))
+        Dense(linear.in_features, linear.out_features, activation_function=torch.nn.Identity(),
+              init_weight=linear.weight.detach().cpu().clone(),
+              init_bias=linear.bias.detach().cpu().clone()).save(str(add("Dense")))
     if model.normalize:
-        path = f"{len(modules)}_Normalize"
-        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path,
-                        "type": "sentence_transformers.models.Normalize"})
-        (out / path).mkdir(exist_ok=True)
+        add("Normalize")
     (out / ST_MODULES).write_text(json.dumps(modules, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps({

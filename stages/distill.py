@@ -68,7 +68,7 @@ class DistillationTrainer(OrderedEvalTrainer):
                  layer_map: list[tuple[int, int]] | None = None, pairs=None, pair_weight: float = 0.0,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.pairs, self.pair_weight = (pairs, pair_weight) if pairs is not None and pair_weight > 0 else (None, 0.0)
+        self.pairs, self.pair_weight = pairs, pair_weight  # pairs: built only when pair_weight > 0
         self.pair_calls: int | None = None  # training forward passes so far (set from the step on resume)
         self.task = task
         self.teacher = teacher.to(self.args.device).eval()

@@ -262,8 +262,9 @@ class SentenceEmbedding(Task):
         """STS-style train pairs (a, b, score) for a CoSENT loss beside the embedding MSE."""
         from stages._pairs import PairSupervision
 
-        if ed.PAIR not in train.column_names:
-            return None
+        if ed.PAIR not in train.column_names:  # the config allows pair_weight only with scored pairs
+            raise StageError("distill.pair_weight needs scored sentence pairs in the train split; it has "
+                             f"columns {train.column_names}")
         rows = list(zip(train[TEXT], train[ed.PAIR], map(float, train[ed.SCORE]), strict=True))
         dcfg = self.cfg.distill
         return PairSupervision(rows, tokenizer, dcfg.pair_batch_size, self.cfg.data.max_length, self.cfg.project.seed)
