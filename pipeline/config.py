@@ -88,6 +88,12 @@ class SentenceEmbeddingTask(_Section):
     pooling: Literal["mean", "cls"] | None = Field(
         None, description="null: the teacher's (its sentence-transformers modules; mean for a plain BERT).")
     normalize: bool | None = Field(None, description="L2-normalise the embedding; null: the teacher's.")
+    output_space: Literal["teacher", "student"] = Field(
+        "teacher", description="teacher: the student embeds into its teacher's space (a narrower student "
+        "gets a learned projection to the teacher's width) and learns the teacher's vectors (MSE). "
+        "student: the student's vectors are its own (a narrower student's are narrower: a smaller "
+        "index, which must then be rebuilt with it); it learns the teacher's cosine similarities "
+        "between the texts of each batch instead of the vectors.")
 
 
 class QuestionAnsweringTask(_Section):

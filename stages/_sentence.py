@@ -62,6 +62,11 @@ class SentenceEmbeddingModel(BertPreTrainedModel):
             self.projection.weight.copy_(weight)
             self.projection.bias.copy_(torch.zeros(out) if bias is None else bias)
 
+    def remove_projection(self) -> None:
+        """Embed with the pooled vectors themselves (the model's own width)."""
+        self.config.sentence_projection = None
+        self.projection = None
+
     @property
     def output_dim(self) -> int:
         return self.projection.out_features if self.projection is not None else self.config.hidden_size

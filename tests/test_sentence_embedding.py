@@ -245,6 +245,33 @@ def test_a_student_model_of_another_width_gets_a_projection_and_the_teachers_poo
     np.testing.assert_allclose(vectors.norm(dim=1).numpy(), 1.0, atol=1e-6)
 
 
+def test_a_student_in_its_own_space_has_no_projection_and_learns_similarities():
+    """task.output_space: student drops the projection a narrowed copy starts with; the loss is
+    the mean squared difference of the batch's cosine matrices, zero for any rotation or scaling of
+    the teacher's vectors (the geometry, not the coordinates), and needs no common width."""
+    from transformers import BertConfig
+
+    from stages._width import shrink_width
+    from stages.tasks import get_task
+    from stages.tasks.sentence_embedding import similarity_mse
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    config.sentence_pooling, config.sentence_normalize = "mean", True
+    teacher = SentenceEmbeddingModel(config)
+    task = get_task(load_config(ROOT / TINY_EMB, ["task.output_space=student"]))
+    student = task.adapt_student(shrink_width(teacher, 16, 2, 32), teacher)
+    assert (student.projection, student.output_dim, student.config.sentence_projection) == (None, 16, None)
+
+    t = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0]])
+    rotated = t[:, [1, 0]] * 3  # a 2-wide student: the same cosines (axes swapped, scaled)
+    assert similarity_mse(rotated, t).item() == pytest.approx(0.0, abs=1e-7)
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # every text the same: cosines all 1
+    # teacher cosines: 1 on the diagonal, 0 (texts 0-1), 1/sqrt2 (0-2, 1-2), each off-diagonal twice
+    expected = (2 * (1 - 0) ** 2 + 4 * (1 - 2 ** -0.5) ** 2) / 9
+    assert similarity_mse(s, t).item() == pytest.approx(expected, rel=1e-6)
+    assert task.distillation_loss(s, t, {}, 1.0, 0.0).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_pair_batches_are_seeded_passes_and_the_loss_is_cosent_by_hand(tmp_path):
     """Every pass visits each pair once, the same index gives the same batch (resume-safe), and
     the loss equals CoSENT written out: log(1 + sum over s_i > s_j of exp(20 (cos_j - cos_i)))."""
@@ -273,6 +300,7 @@ def test_pair_batches_are_seeded_passes_and_the_loss_is_cosent_by_hand(tmp_path)
     (TINY_EMB, ["search.enabled=true"], "covers classification tasks so far"),
     (TINY_EMB, ["export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
     (TINY_EMB, ["task.finetune_teacher=true"], "it needs task.evaluation: pairs"),
+    (TINY_EMB, ["task.output_space=own"], "output_space"),
     # sentence-transformers' trainer has no length grouping: refused rather than silently ignored
     ("configs/tiny-sts.yaml", ["task.finetune_teacher=true", "finetune.group_by_length=true"],
      "set finetune.group_by_length: false"),
@@ -349,6 +377,14 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
     distilled = json.loads((Path(rows["distill"]["path"]) / "manifest.json").read_text())["info"]
     if "sts" in config:  # scored pairs: CoSENT beside the embedding MSE
         assert distilled["pair_supervision"]["pairs"] > 0 and distilled["pair_supervision"]["loss"] == "CoSENT"
+    if "sts" in config:  # task.output_space: student: a narrower student (16) keeps its own space
+        saved = json.loads((Path(rows["distill"]["path"]) / "model" / "config.json").read_text())
+        assert (saved["hidden_size"], saved.get("sentence_projection")) == (16, None)
+        parity = json.loads((Path(rows["export"]["path"]) / "manifest.json").read_text())["info"]["library_parity"]
+        assert parity["student"]["st_min_cosine"] >= 0.9999
+        bundle = json.loads((Path(rows["release"]["path"]) / "bundle" / "bundle.json").read_text())
+        assert bundle["sentence_embedding"]["dim"] == 16
+        assert "mean_cosine" not in bench["variants"]["student-int8"]["agreement_with_teacher"]  # other widths
     if "retrieval" in config:  # a narrower student (16) embeds into the teacher's 32 dimensions
         saved = json.loads((Path(rows["distill"]["path"]) / "model" / "config.json").read_text())
         assert (saved["hidden_size"], saved["sentence_projection"]) == (16, 32)

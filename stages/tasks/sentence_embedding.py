@@ -256,6 +256,8 @@ class SentenceEmbedding(Task):
         return out, info
 
     def distillation_loss(self, student_logits, teacher_logits, inputs: dict, temperature: float, alpha: float):
+        if self.cfg.task.output_space == "student":
+            return similarity_mse(student_logits, teacher_logits)
         return embedding_mse(student_logits, teacher_logits)
 
     def pair_supervision(self, train: Dataset, tokenizer):
@@ -272,9 +274,12 @@ class SentenceEmbedding(Task):
     def adapt_student(self, student, teacher):
         """The student embeds as its teacher does (pooling, normalisation) and into its teacher's
         space: a student model of another width (distill.student.model) gets a learned projection
-        to it (a narrowed copy of the teacher already has one; see stages._width)."""
+        to it (a narrowed copy of the teacher already has one; see stages._width). With
+        task.output_space: student it embeds into its own space instead: no projection."""
         student.config.sentence_pooling, student.config.sentence_normalize = teacher.pooling, teacher.normalize
-        if student.output_dim != teacher.output_dim:
+        if self.cfg.task.output_space == "student":
+            student.remove_projection()
+        elif student.output_dim != teacher.output_dim:
             weight = torch.nn.init.xavier_uniform_(torch.empty(teacher.output_dim, student.config.hidden_size))
             student.set_projection(weight)
         return student
@@ -354,6 +359,17 @@ def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
                          f"{teacher.shape[-1]}: the student should have been given a projection to the "
                          "teacher's space (SentenceEmbedding.adapt_student); report this as a bug")
     return ((student - teacher.to(student.dtype)) ** 2).sum(-1).mean()
+
+
+def similarity_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the two models' cosine-similarity matrices over the texts of a
+    batch: the teacher's geometry without its coordinates, so the widths may differ."""
+
+    def cosines(x: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(x.float(), p=2, dim=-1)
+        return unit @ unit.T
+
+    return ((cosines(student) - cosines(teacher.to(student.device))) ** 2).mean()
 
 
 def embedding_agreement(reference: np.ndarray, vectors: np.ndarray, k: int) -> dict[str, float]:
