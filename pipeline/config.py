@@ -532,9 +532,11 @@ class DistillConfig(TrainConfig):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     pair_weight: float = Field(
         0.0, ge=0,
-        description="Sentence embeddings with scored pairs (STS): weight of a CoSENT loss on a batch of the "
-        "train pairs at every step, beside the embedding MSE (0 = off).")
-    pair_batch_size: int = Field(16, ge=2, description="Scored pairs per step (with pair_weight).")
+        description="Sentence embeddings with train pairs: weight of a loss on a batch of them at every step, "
+        "beside the embedding loss (0 = off). Scored pairs (task.evaluation: pairs): CoSENT; questions "
+        "and their passages (task.evaluation: retrieval, test_queries: test-articles): in-batch negatives "
+        "(MultipleNegativesRankingLoss).")
+    pair_batch_size: int = Field(16, ge=2, description="Pairs per step (with pair_weight).")
 
     @model_validator(mode="before")
     @classmethod
@@ -843,9 +845,15 @@ class PipelineConfig(_Section):
                          else ("a labelled-text", "sequence-classification or sentence-embedding"))
             raise ValueError(f"data.builtin={data.builtin} is {kind} dataset but task.type is "
                              f"{self.task.type}; set task.type: {fix} or pick another data.builtin")
-        if self.distill.pair_weight > 0 and getattr(self.task, "evaluation", None) != "pairs":
-            raise ValueError("distill.pair_weight adds a loss on scored sentence pairs: it needs task.type: "
-                             "sentence-embedding with task.evaluation: pairs (STS-style data); set it to 0")
+        if self.distill.pair_weight > 0 and getattr(self.task, "evaluation", None) not in ("pairs", "retrieval"):
+            raise ValueError("distill.pair_weight adds a loss on train pairs: it needs task.type: "
+                             "sentence-embedding with task.evaluation: pairs (STS-style data) or retrieval "
+                             "(SQuAD-style questions and passages); set it to 0")
+        if self.distill.pair_weight > 0 and getattr(self.task, "test_queries", None) == "all" and (
+                self.task.evaluation == "retrieval"):
+            raise ValueError("distill.pair_weight with task.test_queries: all would train on the test questions' "
+                             "own passages (the train articles' questions are test queries too); set "
+                             "task.test_queries: test-articles, or distill.pair_weight: 0")
         if self.task.type == "sentence-embedding":
             self._sentence_embedding_needs()
         elif self.static.enabled:

@@ -276,8 +276,9 @@ def run(ctx: StageContext) -> StageResult:
     pairs = task.pair_supervision(raw["train"], student_tokenizer) if dcfg.pair_weight > 0 else None
     if pairs is not None:
         info["pair_supervision"] = {"pairs": len(pairs.pairs), "weight": dcfg.pair_weight,
-                                    "batch_size": pairs.batch_size, "loss": "CoSENT"}
-        ctx.log.info("pair supervision: CoSENT on %d scored train pairs, weight %g", len(pairs.pairs), dcfg.pair_weight)
+                                    "batch_size": pairs.batch_size, "loss": pairs.loss_name}
+        ctx.log.info("pair supervision: %s on %d train pairs, weight %g", pairs.loss_name, len(pairs.pairs),
+                     dcfg.pair_weight)
     trainer = build_trainer(ctx, task, dcfg, teacher, student, student_tokenizer, splits["train"],
                             splits["validation"], ctx.scratch, pairs)
     if ctx.has("search_winner"):

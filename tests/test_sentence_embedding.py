@@ -295,12 +295,39 @@ def test_pair_batches_are_seeded_passes_and_the_loss_is_cosent_by_hand(tmp_path)
     assert loss == pytest.approx(np.log(1 + sum(terms)), rel=1e-5)
 
 
+def test_question_passage_batches_never_repeat_a_passage_and_the_loss_is_in_batch_softmax(tmp_path):
+    """Retrieval pairs (question, passage, passage id): no batch holds one passage twice (it would
+    be its own negative), passes are seeded, and the loss is cross-entropy over the scaled cosines
+    of each question to the batch's passages, its own passage the target."""
+    from stages._pairs import PairSupervision
+
+    tokenizer = _tiny_st_bert(tmp_path)
+    model = load_sentence_model(tmp_path / "bert", "mean", True).eval()
+    pairs = [(f"who sang {i}", f"the music {i % 4}", i % 4) for i in range(12)]  # 3 questions per passage
+    sup = PairSupervision(pairs, tokenizer, batch_size=4, max_length=16, seed=0, loss="in-batch")
+    first_pass = [sup.batch(i) for i in range(3)]
+    for rows in first_pass:
+        assert len({r[2] for r in rows}) == len(rows) >= 2
+    assert sup.batch(1) == PairSupervision(pairs, tokenizer, 4, 16, 0, loss="in-batch").batch(1)
+    assert sorted(r for rows in first_pass for r in rows) == sorted(pairs)  # 3 x 4 distinct: all fit
+    rows = sup.batch(2)
+    with torch.no_grad():
+        loss = sup.loss(model, 2).item()
+        q, d = (model(**tokenizer([r[side] for r in rows], padding=True, return_tensors="pt")).logits
+                for side in (0, 1))
+    scores = 20 * torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(d, dim=1).T
+    by_hand = np.mean([-torch.log_softmax(scores[i], 0)[i].item() for i in range(len(rows))])
+    assert loss == pytest.approx(by_hand, rel=1e-5)
+
+
 @pytest.mark.parametrize(("config", "overrides", "message"), [
     (TINY_EMB, ["distill.pair_weight=1.0"], "needs task.type: sentence-embedding with task.evaluation: pairs"),
     (TINY_EMB, ["search.enabled=true"], "covers classification tasks so far"),
     (TINY_EMB, ["export.embedding_outputs=[pooled]"], "'pooled' needs the [CLS] pooler"),
     (TINY_EMB, ["task.finetune_teacher=true"], "it needs task.evaluation: pairs"),
     (TINY_EMB, ["task.output_space=own"], "output_space"),
+    ("configs/tiny-retrieval.yaml", ["distill.pair_weight=1.0", "task.test_queries=all"],
+     "set task.test_queries: test-articles, or distill.pair_weight: 0"),
     # sentence-transformers' trainer has no length grouping: refused rather than silently ignored
     ("configs/tiny-sts.yaml", ["task.finetune_teacher=true", "finetune.group_by_length=true"],
      "set finetune.group_by_length: false"),
@@ -376,7 +403,7 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
     assert f"release/runtime_test_{metric}" in release["metrics"]
     distilled = json.loads((Path(rows["distill"]["path"]) / "manifest.json").read_text())["info"]
     if "sts" in config:  # scored pairs: CoSENT beside the embedding MSE
-        assert distilled["pair_supervision"]["pairs"] > 0 and distilled["pair_supervision"]["loss"] == "CoSENT"
+        assert distilled["pair_supervision"]["pairs"] > 0 and distilled["pair_supervision"]["loss"] == "CoSENTLoss"
     if "sts" in config:  # task.output_space: student: a narrower student (16) keeps its own space
         saved = json.loads((Path(rows["distill"]["path"]) / "model" / "config.json").read_text())
         assert (saved["hidden_size"], saved.get("sentence_projection")) == (16, None)
@@ -385,6 +412,9 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         bundle = json.loads((Path(rows["release"]["path"]) / "bundle" / "bundle.json").read_text())
         assert bundle["sentence_embedding"]["dim"] == 16
         assert "mean_cosine" not in bench["variants"]["student-int8"]["agreement_with_teacher"]  # other widths
+    if "retrieval" in config:  # questions and their passages: in-batch negatives beside the MSE
+        assert distilled["pair_supervision"]["pairs"] == 3 * 3 * 2  # the 3 train articles' questions
+        assert distilled["pair_supervision"]["loss"] == "MultipleNegativesRankingLoss"
     if "retrieval" in config:  # a narrower student (16) embeds into the teacher's 32 dimensions
         saved = json.loads((Path(rows["distill"]["path"]) / "model" / "config.json").read_text())
         assert (saved["hidden_size"], saved["sentence_projection"]) == (16, 32)

@@ -84,11 +84,11 @@ def retrieval_splits(articles: list[dict], every: int, validation_share: float, 
     The corpus of every evaluation split is all paragraphs (documents never seen as relevant in
     training still compete). Test queries: the test articles' questions, or every question
     (queries="all": the train articles' questions were distillation inputs, without labels).
-    Train: the train articles' paragraphs and questions (distillation texts)."""
+    Train: the train articles' questions and paragraphs (distillation texts; each with its
+    paragraph's id and role, for pair supervision)."""
     roles = article_parts(len(articles), every, validation_share, seed)
     texts, parts, questions = squad_corpus(articles, roles)
     documents = [(text, group) for group, text in enumerate(texts)]
-    train_docs = [text for text, part in zip(texts, parts, strict=True) if part == "train"]
     if not questions["test"] or not documents:
         raise StageError("the SQuAD file has no test-article questions: it needs at least "
                          f"{every} articles (data.squad_every)")
@@ -99,12 +99,13 @@ def retrieval_splits(articles: list[dict], every: int, validation_share: float, 
         rows = [(t, g, QUERY) for t, g in queries_] + [(t, g, DOCUMENT) for t, g in documents]
         return Dataset.from_dict({TEXT: [r[0] for r in rows], GROUP: [r[1] for r in rows], ROLE: [r[2] for r in rows]})
 
-    train_texts = [q for q, _ in questions["train"]] + train_docs
+    train_docs = [(text, group) for (text, group), part in zip(documents, parts, strict=True) if part == "train"]
+    train = [(t, g, QUERY) for t, g in questions["train"]] + [(t, g, DOCUMENT) for t, g in train_docs]
     splits = DatasetDict(
-        train=Dataset.from_dict({TEXT: train_texts, GROUP: [-1] * len(train_texts), ROLE: [QUERY] * len(train_texts)}),
+        train=Dataset.from_dict({TEXT: [r[0] for r in train], GROUP: [r[1] for r in train], ROLE: [r[2] for r in train]}),
         validation=evaluation(questions["validation"]), test=evaluation(test_queries))
     report = {"articles": {p: roles.count(p) for p in ("train", "validation", "test")},
               "documents": len(documents), "queries": {"validation": len(questions["validation"]),
                                                       "test": len(test_queries)},
-              "test_queries": queries, "train_texts": len(train_texts)}
+              "test_queries": queries, "train_texts": len(train)}
     return splits, report

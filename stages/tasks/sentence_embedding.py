@@ -261,15 +261,23 @@ class SentenceEmbedding(Task):
         return embedding_mse(student_logits, teacher_logits)
 
     def pair_supervision(self, train: Dataset, tokenizer):
-        """STS-style train pairs (a, b, score) for a CoSENT loss beside the embedding MSE."""
+        """Train pairs beside the embedding loss: STS-style scored pairs (a, b, score) for CoSENT,
+        or retrieval's (question, its paragraph, paragraph id) for in-batch negatives."""
         from stages._pairs import PairSupervision
 
-        if ed.PAIR not in train.column_names:  # the config allows pair_weight only with scored pairs
+        dcfg = self.cfg.distill
+        settings = (tokenizer, dcfg.pair_batch_size, self.cfg.data.max_length, self.cfg.project.seed)
+        if self.kind == "retrieval":
+            documents = {g: t for t, g, r in zip(train[TEXT], train[ed.GROUP], train[ed.ROLE], strict=True)
+                         if r == ed.DOCUMENT}
+            rows = [(t, documents[g], g) for t, g, r in zip(train[TEXT], train[ed.GROUP], train[ed.ROLE], strict=True)
+                    if r == ed.QUERY and g in documents]
+            return PairSupervision(rows, *settings, loss="in-batch")
+        if ed.PAIR not in train.column_names:  # the config allows pair_weight only with pairs
             raise StageError("distill.pair_weight needs scored sentence pairs in the train split; it has "
                              f"columns {train.column_names}")
         rows = list(zip(train[TEXT], train[ed.PAIR], map(float, train[ed.SCORE]), strict=True))
-        dcfg = self.cfg.distill
-        return PairSupervision(rows, tokenizer, dcfg.pair_batch_size, self.cfg.data.max_length, self.cfg.project.seed)
+        return PairSupervision(rows, *settings)
 
     def adapt_student(self, student, teacher):
         """The student embeds as its teacher does (pooling, normalisation) and into its teacher's
