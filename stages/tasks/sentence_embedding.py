@@ -268,10 +268,9 @@ class SentenceEmbedding(Task):
         dcfg = self.cfg.distill
         settings = (tokenizer, dcfg.pair_batch_size, self.cfg.data.max_length, self.cfg.project.seed)
         if self.kind == "retrieval":
-            documents = {g: t for t, g, r in zip(train[TEXT], train[ed.GROUP], train[ed.ROLE], strict=True)
-                         if r == ed.DOCUMENT}
-            rows = [(t, documents[g], g) for t, g, r in zip(train[TEXT], train[ed.GROUP], train[ed.ROLE], strict=True)
-                    if r == ed.QUERY and g in documents]
+            texts = list(zip(train[TEXT], train[ed.GROUP], train[ed.ROLE], strict=True))  # read each column once
+            documents = {g: t for t, g, r in texts if r == ed.DOCUMENT}
+            rows = [(t, documents[g], g) for t, g, r in texts if r == ed.QUERY and g in documents]
             return PairSupervision(rows, *settings, loss="in-batch")
         if ed.PAIR not in train.column_names:  # the config allows pair_weight only with pairs
             raise StageError("distill.pair_weight needs scored sentence pairs in the train split; it has "
