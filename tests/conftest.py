@@ -90,6 +90,16 @@ def cli_status(root: Path, *extra: str, config: str = "configs/tiny.yaml") -> di
     return {row["stage"]: row for row in json.loads(proc.stdout)}
 
 
+def copy_stages(source: Path, root: Path, stages: list[str]) -> None:
+    """Finished stages (and the MLflow store) of another run's root, so a test that needs them
+    upstream does not train them again. Keys do not depend on paths, so they are cache hits."""
+    import shutil
+
+    for stage in stages:
+        shutil.copytree(source / "artifacts" / stage, root / "artifacts" / stage)
+    shutil.copy2(source / "mlflow.db", root / "mlflow.db")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """configs/tiny.yaml through every stage (release included) once; tests that change its

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import CLI, REPO_ROOT, cli_status, run_cli
+from conftest import CLI, REPO_ROOT, cli_status, copy_stages, run_cli
 
 TRAIN = {
     "finetune": ("--set", "finetune.epochs=6", "--set", "finetune.checkpoint_steps=20"),
@@ -57,16 +57,6 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     proc.wait()
 
 
-def seed_upstream(tiny_run: Path, root: Path, stage: str) -> None:
-    """The stages before `stage` from the session's tiny run (their keys do not depend on the
-    overrides in TRAIN), instead of training them twice more per test."""
-    import shutil
-
-    for upstream in UPSTREAM[stage]:
-        shutil.copytree(tiny_run / "artifacts" / upstream, root / "artifacts" / upstream)
-    shutil.copy2(tiny_run / "mlflow.db", root / "mlflow.db")
-
-
 def finished(root: Path, stage: str) -> list[Path]:
     return [p for p in (root / "artifacts" / stage).glob("*") if (p / "manifest.json").is_file()]
 
@@ -75,8 +65,8 @@ def finished(root: Path, stage: str) -> list[Path]:
 def test_kill_9_during_training_resumes_and_matches_an_uninterrupted_run(tiny_run, tmp_path, stage):
     train = TRAIN[stage]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    for root in (whole, broken):
-        seed_upstream(tiny_run, root, stage)
+    for root in (whole, broken):  # upstream keys do not depend on TRAIN's overrides
+        copy_stages(tiny_run, root, UPSTREAM[stage])
     start = time.monotonic()
     run_cli("run", stage, *train, root=whole)
     uninterrupted_s = time.monotonic() - start

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import CLI, REPO_ROOT, cli_status, run_cli
+from conftest import CLI, REPO_ROOT, cli_status, copy_stages, run_cli
 
 SEARCH = ("--set", "search.enabled=true", "--set", "search.space.layers=[1,2]",
           "--set", "search.space.intermediate_size=[32,64]", "--set", "search.space.max_tokens=[null,200,20]",
@@ -35,9 +35,10 @@ def journal_records(root: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
+def searched(tiny_run, tmp_path_factory) -> Path:
     """The tiny search killed with -9 after its first trained trial, then run to the end."""
     root = tmp_path_factory.mktemp("search")
+    copy_stages(tiny_run, root, ["data", "finetune"])  # the teacher: SEARCH does not change its key
     run_cli("run", "baseline", *SEARCH, root=root)
     cmd = [*CLI, "run", "search", "--config", "configs/tiny.yaml", "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
            "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}", *SEARCH]
