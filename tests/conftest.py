@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -93,8 +94,6 @@ def cli_status(root: Path, *extra: str, config: str = "configs/tiny.yaml") -> di
 def copy_stages(source: Path, root: Path, stages: list[str]) -> None:
     """Finished stages (and the MLflow store) of another run's root, so a test that needs them
     upstream does not train them again. Keys do not depend on paths, so they are cache hits."""
-    import shutil
-
     for stage in stages:
         shutil.copytree(source / "artifacts" / stage, root / "artifacts" / stage)
     shutil.copy2(source / "mlflow.db", root / "mlflow.db")
@@ -190,8 +189,6 @@ def stage_manifest(rows: dict[str, dict], stage: str) -> tuple[Path, dict]:
 def write_bundle(target: Path, onnx_path: Path, tokenizer_json: Path, outputs: list[str],
                  labels=("neg", "pos"), max_length: int = 24, name: str = "t") -> Path:
     """A bundle directory around an exported graph (what the release stage writes, minus the card)."""
-    import shutil
-
     from bertpress import bundle as bundle_format
 
     target.mkdir(parents=True, exist_ok=True)

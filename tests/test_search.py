@@ -39,7 +39,8 @@ def searched(tiny_run, tmp_path_factory) -> Path:
     """The tiny search killed with -9 after its first trained trial, then run to the end."""
     root = tmp_path_factory.mktemp("search")
     copy_stages(tiny_run, root, ["data", "finetune"])  # the teacher: SEARCH does not change its key
-    run_cli("run", "baseline", *SEARCH, root=root)
+    upstream = run_cli("run", "baseline", *SEARCH, root=root)
+    assert "[finetune] running" not in upstream.stdout + upstream.stderr  # copied, not retrained
     cmd = [*CLI, "run", "search", "--config", "configs/tiny.yaml", "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
            "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}", *SEARCH]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
