@@ -20,6 +20,8 @@ BUNDLE ?= models:/bertpress-default@champion
 MLFLOW_DIR ?= mlflow-server
 RUNTIME_VENV ?= .venv-runtime
 NPROC ?= 1
+# pytest-xdist processes for `make test` (auto: one per CPU core; 1 runs the tests in one process)
+TEST_WORKERS ?= auto
 
 ORT := $(if $(filter 1,$(GPU)),gpu,cpu)
 ORT_OTHER := $(if $(filter 1,$(GPU)),onnxruntime,onnxruntime-gpu)
@@ -81,7 +83,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(VENV)/bin/python -m pytest -m "not slow" -q
+	$(VENV)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup
 	$(VENV)/bin/python -m pytest -m slow -q
