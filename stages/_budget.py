@@ -100,6 +100,19 @@ def proxy_gap(finals: list[Trial], default: float) -> float:
     return max(0.0, sum(gains) / len(gains)) if gains else default
 
 
+def finals_reserve(proxies: list[Trial], lengths: list[int]) -> float | None:
+    """Seconds the proposals must leave for a final run: the slowest student trained so far (seconds
+    per step) at the longest distillation the space allows (`lengths`, plus the proxies' own full
+    lengths). Not the configured student's full run: a finalist may be twice as long (space
+    max_steps [1000, 2000]) and slower per step, which is how a search overran its CPU budget by
+    half. None before a proxy has trained."""
+    timed = [t for t in proxies if t.extra.get("s_per_step")]
+    if not timed:
+        return None
+    longest = max([*lengths, *(t.extra["full_steps"] for t in timed)])
+    return max(t.extra["s_per_step"] for t in timed) * longest
+
+
 @dataclass(frozen=True)
 class Choice:
     trial: Trial | None

@@ -11,7 +11,8 @@ a ratio to Optimum's stock INT8 teacher, throughput or INT8 size). Cheap things 
   2. proxy: a short distillation (search.proxy_fraction of its length), scored on validation.
   3. final: the promising proxies, cheapest first, distilled at full length and scored as INT8 on
      validation, until one keeps the budget or the CPU budget (search.cpu_budget x one full
-     distillation of the configured student) is spent.
+     distillation of the configured student) is spent. Proposing stops while there is still room
+     for the longest final run the space allows (the slowest student per step x the longest length).
 The chosen student's settings go to the distill stage, which reuses its trained weights.
 
 Resumable: the Optuna study lives in an append-only journal in the stage's scratch directory and
@@ -44,6 +45,7 @@ from stages._budget import (
     choose,
     cost,
     finalist_order,
+    finals_reserve,
     limit_violations,
     metric_floor,
     pareto_front,
@@ -482,9 +484,11 @@ def run(ctx: StageContext) -> StageResult:
             estimate = full_run_estimate()
             if len(trained) >= scfg.proxy_trials:
                 break
-            if estimate is not None and spent() + estimate > scfg.cpu_budget * estimate:
-                ctx.log.info("search: CPU budget reached after %d proxy runs (%.0f s spent, one full run "
-                             "~%.0f s kept for the finals)", len(trained), spent(), estimate)
+            reserve = finals_reserve(trained, scfg.space.max_steps or [])
+            if estimate is not None and reserve is not None and spent() + reserve > scfg.cpu_budget * estimate:
+                ctx.log.info("search: CPU budget reached after %d proxy runs (%.0f s spent of %.0f; ~%.0f s "
+                             "kept for the longest final run)", len(trained), spent(),
+                             scfg.cpu_budget * estimate, reserve)
                 break
             if len(study.trials) >= 4 * scfg.proxy_trials:  # mostly refused or over-limit proposals: stop
                 break

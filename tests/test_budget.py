@@ -129,6 +129,25 @@ def test_the_proxy_gap_is_learned_from_the_finals():
     assert [t.number for t in finalist_order(proxies, TEACHER, budget, 0.04, 0.0)] == [2, 3]
 
 
+def test_the_finals_reserve_is_the_slowest_student_at_the_longest_length():
+    from dataclasses import replace
+
+    from stages._budget import finals_reserve
+
+    def timed(number: int, s_per_step: float, full_steps: int) -> Trial:
+        return replace(trial(number, 0.8, 1.0, phase="proxy"),
+                       extra={"s_per_step": s_per_step, "full_steps": full_steps})
+
+    assert finals_reserve([], [1000, 2000]) is None
+    assert finals_reserve([trial(0, 0.8, 1.0, phase="proxy")], [2000]) is None  # no timing recorded
+    # 20 Newsgroups' run: the first proxy (1,000 steps at 0.80 s) was the estimate, but the finalist
+    # ran 2,000 steps at 0.86 s. The reserve covers a 2,000-step run of the slowest student seen.
+    proxies = [timed(1, 0.80, 1000), timed(2, 0.56, 2000)]
+    assert finals_reserve(proxies, [1000, 2000]) == pytest.approx(1600.0)
+    # Without search.space.max_steps every student runs the configured length.
+    assert finals_reserve([timed(1, 0.5, 1200)], []) == pytest.approx(600.0)
+
+
 def test_pareto_front():
     points = [trial(0, 0.80, 1.0), trial(1, 0.82, 2.0), trial(2, 0.79, 1.5), trial(3, 0.78, 0.5),
               trial(4, None, 0.1, phase="over-limit")]
