@@ -25,7 +25,8 @@ RUNTIME_COMMANDS = ("predict", "embed", "index", "search", "rerank", "serve")
 # What only the training install has: a pipeline command run without it names the extras to add.
 TRAINING_MODULES = {"torch", "transformers", "datasets", "mlflow", "optimum", "optuna", "onnx", "accelerate",
                     "seqeval", "matplotlib"}
-err_console = Console(stderr=True)
+# soft_wrap: messages name paths and commands; a hard wrap at 80 columns would break them in logs.
+err_console = Console(stderr=True, soft_wrap=True)
 
 SourceArg = Annotated[str, typer.Argument(help="Bundle directory or registry URI (models:/name@champion).")]
 TextsArg = Annotated[list[str] | None, typer.Argument(help="Texts; '-' reads one text per line from stdin.")]

@@ -27,7 +27,8 @@ from pipeline.registry import STAGE_NAMES
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 # Wide enough for the results table when output goes to a file or CI log.
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+# soft_wrap: messages name paths and commands; a hard wrap at 80 columns would break them in logs.
+err_console = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_CONFIG = Path("configs") / "default.yaml"
 
