@@ -55,13 +55,15 @@ SetOpt = Annotated[
 def _setup_logging(level: str) -> None:
     # Root at WARNING keeps libraries quiet (onnxruntime's quantizer logs every tensor at INFO);
     # our own loggers ("bertpress.*") use the configured level.
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    # A terminal gets rich's columns; a file or CI log gets one plain line per record, so a path
+    # in a message is never wrapped across lines (rich wraps at 80 columns without a terminal).
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-7s %(message)s", datefmt="%X"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("bertpress").setLevel(level)
 
 
