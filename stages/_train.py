@@ -142,6 +142,12 @@ def training_length(trainer: Trainer) -> dict[str, float]:
             "train/best_step": float(best_step), "train/rows": float(len(trainer.train_dataset))}
 
 
+def stopped_early(length: dict[str, float]) -> bool:
+    """Whether early stopping ended training (fewer steps than planned); False means the ceiling
+    (epochs / max_steps) ended it while validation was still improving within the patience."""
+    return length["train/steps"] < length["train/max_steps"]
+
+
 def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:
     """The task's metrics of the trainer's model on `features`."""
     bound, trainer.compute_metrics = trainer.compute_metrics, None  # it is bound to validation

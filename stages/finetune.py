@@ -17,6 +17,7 @@ from stages._train import (
     OrderedEvalTrainer,
     TrackerCallback,
     configure_torch,
+    stopped_early,
     train_and_evaluate,
     training_arguments,
     training_length,
@@ -62,6 +63,17 @@ def run(ctx: StageContext) -> StageResult:
     metrics |= training_length(trainer)
     ctx.log.info("teacher trained %d of %d steps; best checkpoint at step %d",
                  metrics["train/steps"], metrics["train/max_steps"], metrics["train/best_step"])
+    if cfg.finetune.early_stopping_patience:
+        metrics["train/stopped_early"] = float(stopped_early(metrics))
+        if not metrics["train/stopped_early"]:
+            # A weak teacher is a hidden cause of a weak student: say when the length was not chosen.
+            by_steps = cfg.finetune.max_steps > 0
+            knob, value = ("max_steps", cfg.finetune.max_steps) if by_steps else ("epochs", cfg.finetune.epochs)
+            ctx.log.warning("the teacher's validation %s was still improving when its ceiling "
+                            "(finetune.%s = %g) ended training at step %d (best checkpoint at step %d): "
+                            "early stopping did not choose its length. Raise finetune.%s for a stronger "
+                            "teacher", task.primary_metric, knob, value, metrics["train/steps"],
+                            metrics["train/best_step"], knob)
     metrics |= task.save_model(trainer.model, tokenizer, ctx.out / "model")
     save_json(ctx.out / "metrics.json", metrics)
     ctx.log.info("teacher test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])

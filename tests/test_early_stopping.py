@@ -25,12 +25,26 @@ def test_a_teacher_whose_validation_metric_stops_improving_stops_early(tmp_path)
     assert metrics["train/steps"] == 4  # evaluations at steps 2 and 4
     assert metrics["train/best_step"] == 2
     assert metrics["train/max_steps"] == 12  # the ceiling, not the length
+    assert metrics["train/stopped_early"] == 1
+
+
+def test_a_teacher_the_ceiling_stops_is_named_with_the_setting_to_raise(tmp_path):
+    # Patience 5 cannot run out in 2 evaluations: the 4-step ceiling ends training, and the user
+    # is told that early stopping did not choose the length and what to raise.
+    proc = run_cli("run", "finetune", "--set", "finetune.early_stopping_patience=5", "--set",
+                   "finetune.checkpoint_steps=2", "--set", "finetune.max_steps=4", root=tmp_path)
+    metrics = _finetune_metrics(tmp_path)
+    assert metrics["train/steps"] == metrics["train/max_steps"] == 4
+    assert metrics["train/stopped_early"] == 0
+    said = " ".join(proc.stderr.split())
+    assert "early stopping did not choose its length" in said and "Raise finetune.max_steps" in said
 
 
 def test_without_patience_the_teacher_trains_its_full_length(tiny_run):
     # The session's tiny run (no patience set) is the control: every planned step was trained.
     metrics = _finetune_metrics(tiny_run)
     assert metrics["train/steps"] == metrics["train/max_steps"] > 0
+    assert "train/stopped_early" not in metrics  # nothing to judge without patience
     assert 0 < metrics["train/best_step"] <= metrics["train/steps"]
 
 
