@@ -84,13 +84,11 @@ def finalist_order(proxies: list[Trial], teacher_metric: float, budget: BudgetCo
                    tie_margin: float) -> list[Trial]:
     """Proxy trials worth a full-length run: those within the hard limits and no more than `slack`
     below the budget line (short runs under-estimate), cheapest first; then the rest, best proxy
-    metric first (the likeliest to get there at full length), and of students sharing one proxy run
-    the longest first (the same proxy, more training to close the gap)."""
+    metric first (the likeliest to get there at full length)."""
     eligible = [t for t in proxies if t.metric is not None and not limit_violations(t, budget)]
     floor = metric_floor(teacher_metric, budget) - slack
     promising = [t for t in eligible if t.metric >= floor - EPS]
-    rest = sorted((t for t in eligible if t not in promising),
-                  key=lambda t: (-t.metric, -t.extra.get("full_steps", 0), t.number))
+    rest = sorted((t for t in eligible if t not in promising), key=lambda t: (-t.metric, t.number))
     return by_cost(promising, budget.objective, tie_margin) + rest
 
 

@@ -113,16 +113,6 @@ def test_without_a_promising_proxy_the_best_ones_come_first():
     assert [t.number for t in finalist_order(proxies, TEACHER, budget, 0.02, 0.0)] == [1, 2, 0]
 
 
-def test_of_students_sharing_a_proxy_the_longest_goes_first():
-    from dataclasses import replace
-
-    budget = BudgetConfig(max_metric_drop=0.005)
-    short, long = (replace(trial(n, 0.70, 0.5, phase="proxy"), extra={"full_steps": steps})
-                   for n, steps in ((1, 1000), (8, 2000)))
-    other = replace(trial(4, 0.68, 0.4, phase="proxy"), extra={"full_steps": 2000})
-    assert [t.number for t in finalist_order([short, other, long], TEACHER, budget, 0.02, 0.0)] == [8, 1, 4]
-
-
 def test_the_proxy_gap_is_learned_from_the_finals():
     from dataclasses import replace
 
