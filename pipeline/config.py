@@ -484,9 +484,7 @@ class SearchConfig(_Section):
         "configured student (estimated from the first proxy run).")
     proxy_trials: int = Field(8, ge=1, description="At most this many short (proxy) runs; students over "
                               "a hard limit are not trained and not counted.")
-    proxy_fraction: float = Field(
-        0.25, gt=0, le=1, description="Proxy length / the longest full length in the space (every proxy "
-        "trains the same steps, never more than its own full run).")
+    proxy_fraction: float = Field(0.25, gt=0, le=1, description="Proxy length / full length.")
     proxy_slack: float = Field(
         0.02, ge=0, lt=1, description="A proxy may trail the budget line by this much and still "
         "be a finalist: short runs under-estimate the finished student.")

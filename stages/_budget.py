@@ -113,20 +113,6 @@ def finals_reserve(proxies: list[Trial], lengths: list[int]) -> float | None:
     return max(t.extra["s_per_step"] for t in timed) * longest
 
 
-def proxy_steps(full_steps: int, lengths: list[int], fraction: float) -> int:
-    """Steps of a student's proxy run: the same for every student, `fraction` of the longest length
-    the space allows (`lengths`; else the student's own), never more than its full run. A fraction
-    of each student's own length let a 2,000-step student's proxy train twice as long as a
-    1,000-step one's, so proxies ranked lengths rather than students; the finals decide lengths."""
-    longest = max([*lengths, full_steps])
-    return max(1, min(full_steps, round(longest * fraction)))
-
-
-def same_but_length(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two searched students that differ at most in their distillation length (max_steps)."""
-    return {k: v for k, v in a.items() if k != "max_steps"} == {k: v for k, v in b.items() if k != "max_steps"}
-
-
 @dataclass(frozen=True)
 class Choice:
     trial: Trial | None

@@ -8,9 +8,7 @@ a ratio to Optimum's stock INT8 teacher, throughput or INT8 size). Cheap things 
      pipeline ships it (quantize.candidates' first dynamic recipe, e.g. with 4-bit embedding
      tables), then timed in interleaved rounds against the stock INT8 teacher (weights do not
      change latency or size). Over a hard limit: skipped, never trained.
-  2. proxy: a short distillation, scored on validation. Every proxy trains the same number of steps
-     (search.proxy_fraction of the longest length in the space), so proxies rank students, not
-     lengths; a student that differs from a tried one only in length reuses that proxy run.
+  2. proxy: a short distillation (search.proxy_fraction of its length), scored on validation.
   3. final: the promising proxies, cheapest first, distilled at full length and scored as INT8 on
      validation, until one keeps the budget or the CPU budget (search.cpu_budget x one full
      distillation of the configured student) is spent. Proposing stops while there is still room
@@ -52,8 +50,6 @@ from stages._budget import (
     metric_floor,
     pareto_front,
     proxy_gap,
-    proxy_steps,
-    same_but_length,
 )
 from stages._hf import label_maps, load_model, load_splits_dir, save_json, save_model
 from stages._onnx import (
@@ -314,10 +310,6 @@ class Search:
             if twin.metric is None:
                 raise optuna.TrialPruned(f"same as trial {twin.number}")
             return twin.metric, cost(twin, self.scfg.budget.objective)
-        sibling = next((t for t in recorded(trial.study) if same_but_length(t.params, params)), None)
-        if sibling is not None and (sibling.phase == "over-limit" or
-                                    sibling.extra.get("steps") == self.proxy_length(dcfg)):
-            return self.from_sibling(trial, params, dcfg, sibling)
         start = time.perf_counter()
         with self.ctx.tracker.child_run(f"trial-{trial.number}", params | {"phase": "proxy"}):
             try:
@@ -338,7 +330,7 @@ class Search:
                 self.ctx.log.info("trial %d over a hard limit (%s): %s, not trained", trial.number,
                                   "; ".join(broken), params)
                 raise optuna.TrialPruned("; ".join(broken))
-            steps = self.proxy_length(dcfg)
+            steps = max(1, round(self.full_steps(dcfg) * self.scfg.proxy_fraction))
             short = dcfg.model_copy(update={"max_steps": steps, "checkpoint_steps": steps})
             trainer, _, splits, train_s = self.train(short, self.ctx.scratch / "proxy")
             metric = evaluate(trainer, splits["validation"], self.task)[self.task.primary_metric]
@@ -386,31 +378,6 @@ class Search:
         self.ctx.log.info("final %d (%d steps): validation %s INT8 %.4f (fp32 %.4f), %s", proxy.number,
                           self.full_steps(dcfg), self.task.primary_metric, int8, fp32, describe(record))
         return record
-
-    def proxy_length(self, dcfg: DistillConfig) -> int:
-        return proxy_steps(self.full_steps(dcfg), self.scfg.space.max_steps or [], self.scfg.proxy_fraction)
-
-    def from_sibling(self, trial, params: dict, dcfg: DistillConfig, sibling: Trial) -> tuple[float, float]:
-        """A student that differs from a tried one only in its length: the same architecture (so the
-        same cost) and, proxies being of equal length, the same proxy run. Its record is that one's
-        with its own full length; nothing is trained or timed again."""
-        import optuna
-
-        extra = ({**sibling.extra, "full_steps": self.full_steps(dcfg), "proxy_of": sibling.number}
-                 if sibling.phase == "proxy" else sibling.extra)
-        record = replace(sibling, number=trial.number, params=params, seconds=0.0, extra=extra)
-        scored = {} if record.metric is None else {f"eval/{self.task.primary_metric}": record.metric}
-        with self.ctx.tracker.child_run(f"trial-{trial.number}", params | {"phase": record.phase}):
-            self.ctx.tracker.log_metrics(self.cost_metrics(record) | scored)
-        trial.set_user_attr("record", as_json(record))
-        if record.phase == "over-limit":
-            self.ctx.log.info("trial %d over a hard limit, as trial %d: %s, not trained", trial.number,
-                              sibling.number, params)
-            raise optuna.TrialPruned("; ".join(extra.get("limits", [])))
-        self.ctx.log.info("trial %d (proxy: trial %d's run, the same student at another length): validation "
-                          "%s %.4f, %s, %s", trial.number, sibling.number, self.task.primary_metric,
-                          record.metric, describe(record), params)
-        return record.metric, cost(record, self.scfg.budget.objective)
 
     def full_steps(self, dcfg: DistillConfig) -> int:
         """Optimizer steps of a full distillation (max_steps, else epochs over the training set)."""
@@ -511,8 +478,7 @@ def run(ctx: StageContext) -> StageResult:
 
     with tqdm(total=scfg.proxy_trials, desc="search: proxy trials", unit="trial") as bar:
         while True:
-            # Over-limit ones, and those sharing another's proxy run, cost no training.
-            trained = [t for t in recorded(study) if t.phase == "proxy" and "proxy_of" not in t.extra]
+            trained = [t for t in recorded(study) if t.phase == "proxy"]  # over-limit ones cost no training
             bar.n = len(trained)
             bar.refresh()
             estimate = full_run_estimate()

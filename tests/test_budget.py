@@ -148,25 +148,6 @@ def test_the_finals_reserve_is_the_slowest_student_at_the_longest_length():
     assert finals_reserve([timed(1, 0.5, 1200)], []) == pytest.approx(600.0)
 
 
-def test_every_proxy_trains_the_same_steps_whatever_its_length():
-    from stages._budget import proxy_steps
-
-    # Space lengths 1,000 and 2,000 at a quarter: both students' proxies run 500 steps (a fraction
-    # of their own length gave 250 and 500, and the longer student looked better for it).
-    assert proxy_steps(1000, [1000, 2000], 0.25) == proxy_steps(2000, [1000, 2000], 0.25) == 500
-    assert proxy_steps(1000, [], 0.25) == 250  # no searched length: the student's own
-    assert proxy_steps(1000, [1000, 4000], 0.5) == 1000  # never longer than the full run
-    assert proxy_steps(3, [], 0.1) == 1
-
-
-def test_students_that_differ_only_in_length_are_siblings():
-    from stages._budget import same_but_length
-
-    a = {"layers": 3, "intermediate_size": 512, "max_steps": 1000}
-    assert same_but_length(a, a | {"max_steps": 2000})
-    assert not same_but_length(a, a | {"intermediate_size": 768})
-
-
 def test_pareto_front():
     points = [trial(0, 0.80, 1.0), trial(1, 0.82, 2.0), trial(2, 0.79, 1.5), trial(3, 0.78, 0.5),
               trial(4, None, 0.1, phase="over-limit")]
