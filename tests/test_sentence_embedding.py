@@ -63,7 +63,10 @@ def test_int8_reports_its_cosine_to_fp32_and_the_benchmark_the_stock_export(rows
     assert set(variants) >= {"teacher-pytorch", "teacher-stock-int8", "student-onnx", "student-int8"}
     # Optimum's feature-extraction export pooled in numpy agrees with the teacher it came from.
     assert variants["teacher-stock-int8"]["agreement_with_teacher"]["mean_cosine"] > 0.99
-    assert variants["student-onnx"]["ndcg_at_5"] == pytest.approx(variants["student-pytorch"]["ndcg_at_5"], abs=1e-6)
+    # The same student through ONNX ranks the same, up to near-ties: a random tiny model's label
+    # neighbours can score within float noise of each other, and one swapped pair moved nDCG@5 by
+    # 3e-4 in a CI run (the embeddings' own parity is asserted at cosine >= 0.9999 elsewhere).
+    assert variants["student-onnx"]["ndcg_at_5"] == pytest.approx(variants["student-pytorch"]["ndcg_at_5"], abs=5e-3)
     text = (bench / "results.md").read_text()
     assert "| test nDCG@5 by label | test MRR@5 | test P@5 |" in text and "## Agreement with teacher-pytorch" in text
     assert "texts/s (real, bs8)" in text and variants["student-int8"]["throughput_real"]["8"] > 0
