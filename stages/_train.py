@@ -142,10 +142,11 @@ def training_length(trainer: Trainer) -> dict[str, float]:
             "train/best_step": float(best_step), "train/rows": float(len(trainer.train_dataset))}
 
 
-def stopped_early(length: dict[str, float]) -> bool:
-    """Whether early stopping ended training (fewer steps than planned); False means the ceiling
-    (epochs / max_steps) ended it while validation was still improving within the patience."""
-    return length["train/steps"] < length["train/max_steps"]
+def stopped_early(length: dict[str, float], evaluations_without_improvement: int, patience: int) -> bool:
+    """Whether early stopping ended training: fewer steps than planned, or its patience ran out on
+    the very last step. False means the ceiling (epochs / max_steps) ended it while validation was
+    still improving within the patience."""
+    return length["train/steps"] < length["train/max_steps"] or evaluations_without_improvement >= patience
 
 
 def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:

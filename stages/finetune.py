@@ -46,9 +46,10 @@ def run(ctx: StageContext) -> StageResult:
     ctx.log.info("teacher %s: %.1fM parameters", cfg.teacher.model, model.num_parameters() / 1e6)
 
     callbacks = [TrackerCallback(ctx.tracker)]
-    if cfg.finetune.early_stopping_patience:
+    patience = cfg.finetune.early_stopping_patience
+    if patience:
         # Stateful: its patience counter is saved in each checkpoint, so a resumed run goes on counting.
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.finetune.early_stopping_patience))
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer = OrderedEvalTrainer(
         model=model,
         args=training_arguments(cfg.finetune, cfg.runtime, ctx.scratch, cfg.project.seed, task),
@@ -63,8 +64,11 @@ def run(ctx: StageContext) -> StageResult:
     metrics |= training_length(trainer)
     ctx.log.info("teacher trained %d of %d steps; best checkpoint at step %d",
                  metrics["train/steps"], metrics["train/max_steps"], metrics["train/best_step"])
-    if cfg.finetune.early_stopping_patience:
-        metrics["train/stopped_early"] = float(stopped_early(metrics))
+    if patience:
+        # A resumed Trainer replaces the callback with one restored from the checkpoint: ask it.
+        counter = next(c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback))
+        metrics["train/stopped_early"] = float(
+            stopped_early(metrics, counter.early_stopping_patience_counter, patience))
         if not metrics["train/stopped_early"]:
             # A weak teacher is a hidden cause of a weak student: say when the length was not chosen.
             by_steps = cfg.finetune.max_steps > 0

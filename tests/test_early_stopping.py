@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from stages._train import stopped_early
 from tests.conftest import TINY_YAML, run_cli
 
 
@@ -51,3 +52,14 @@ def test_without_patience_the_teacher_trains_its_full_length(tiny_run):
 def test_patience_must_be_positive():
     with pytest.raises(ConfigError, match="early_stopping_patience"):
         load_config(TINY_YAML, ["finetune.early_stopping_patience=0"])
+
+
+@pytest.mark.parametrize(("steps", "without_improvement", "expected"), [
+    (700, 3, True),    # patience ran out before the ceiling
+    (1000, 3, True),   # ... on the very last step: early stopping chose the length, no warning
+    (1000, 2, False),  # the ceiling ended it one evaluation before patience would have
+    (1000, 0, False),  # still improving at the ceiling
+])
+def test_stopped_early_counts_patience_running_out_on_the_last_step(steps, without_improvement, expected):
+    length = {"train/steps": steps, "train/max_steps": 1000, "train/best_step": 700}
+    assert stopped_early(length, without_improvement, patience=3) is expected
