@@ -28,6 +28,7 @@ for the others, student_fused_gather.onnx (when a 4-bit candidate is listed), qu
 
 from __future__ import annotations
 
+import logging
 import resource
 import shutil
 import statistics
@@ -117,8 +118,25 @@ def quantize_embedding_tables(source: Path, target: Path, bits: int, block_size:
     return len(tables)
 
 
+def _not_preprocess_advice(record: logging.LogRecord) -> bool:
+    # onnxruntime advises "pre-processing before quantization" on every call: its shape inference
+    # and graph optimization, which the transformer optimizer already did to these graphs (fused,
+    # shapes known). Repeated once per candidate, the advice reads like a fault.
+    return "pre-processing before quantization" not in record.getMessage()
+
+
 def build(candidate: QuantCandidate, source: Path, target: Path, calibration: TextCalibrationReader | None,
           percentile: float) -> None:
+    root = logging.getLogger()  # onnxruntime logs through logging.warning(), i.e. the root logger
+    root.addFilter(_not_preprocess_advice)
+    try:
+        _build(candidate, source, target, calibration, percentile)
+    finally:
+        root.removeFilter(_not_preprocess_advice)
+
+
+def _build(candidate: QuantCandidate, source: Path, target: Path, calibration: TextCalibrationReader | None,
+           percentile: float) -> None:
     common = {"per_channel": candidate.per_channel, "reduce_range": candidate.reduce_range}
     if candidate.method == "dynamic":
         # 4-bit tables: the embeddings stay float for the INT8 pass, then get their own blocks.

@@ -114,3 +114,31 @@ def test_dynamic_int8_rows_are_scored_one_at_a_time(tmp_path):
     np.testing.assert_allclose(*alone_and_batched(fp32), rtol=1e-5, atol=1e-5)
     alone, batched = alone_and_batched(int8)
     assert np.abs(alone - batched).max() > 0.05
+
+
+def test_int8_builds_drop_onnxruntimes_preprocess_advice_and_only_it(tmp_path, caplog):
+    # A real dynamic INT8 build of a one-MatMul graph: onnxruntime's "pre-processing" advice (one
+    # per candidate, for graphs the transformer optimizer already processed) is not passed on;
+    # the filter is gone afterwards, so other warnings still are.
+    import logging
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipeline.config import QuantCandidate
+    from stages.quantize import build
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [weight])
+    source, target = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    with caplog.at_level(logging.WARNING):
+        build(QuantCandidate(method="dynamic"), source, target, None, 99.99)
+        logging.warning("Please consider to run pre-processing before quantization (after the build)")
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(target).graph.node}
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "pre-processing" in m] == [
+        "Please consider to run pre-processing before quantization (after the build)"]
