@@ -290,6 +290,12 @@ class TrainConfig(_Section):
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "reduce_lr_on_plateau"] = Field(
+        "linear",
+        description="Learning-rate schedule. linear / cosine decay over the planned length (epochs / "
+        "max_steps), so a longer ceiling also means a higher rate at every step; reduce_lr_on_plateau: "
+        "constant, halved after each evaluation without a better validation score (no warmup), so the "
+        "decay, like early stopping, follows validation and not the ceiling.")
     logging_steps: int = Field(10, ge=1, description="Train loss is logged every N steps.")
     max_steps: int = Field(-1, description="Stop after N optimizer steps (-1 = use epochs).")
     checkpoint_steps: int | None = Field(
@@ -956,6 +962,10 @@ class PipelineConfig(_Section):
             raise ValueError("finetune.group_by_length: the sentence-embedding teacher fine-tunes with "
                              "sentence-transformers' trainer, which does not group batches by length; set "
                              "finetune.group_by_length: false (distill.group_by_length does apply)")
+        if self.task.finetune_teacher and self.finetune.lr_scheduler == "reduce_lr_on_plateau":
+            raise ValueError("finetune.lr_scheduler: reduce_lr_on_plateau needs validation during training; the "
+                             "sentence-embedding teacher's fine-tuning scores validation once, after it: use "
+                             "linear, cosine or constant_with_warmup")
         if self.finetune.max_train_samples is not None:
             raise ValueError("finetune.max_train_samples samples the rows of the fine-tune stage's Trainer; "
                              "a sentence-embedding teacher trains on pairs of its own: use "

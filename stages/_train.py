@@ -46,6 +46,8 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
         learning_rate=train.learning_rate,
         weight_decay=train.weight_decay,
         warmup_ratio=train.warmup_ratio,
+        lr_scheduler_type=train.lr_scheduler,
+        lr_scheduler_kwargs=_plateau(task) if train.lr_scheduler == "reduce_lr_on_plateau" else {},
         save_total_limit=2,  # the best and the latest (to resume from)
         load_best_model_at_end=True,
         metric_for_best_model=task.primary_metric,
@@ -59,6 +61,12 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
         disable_tqdm=False,
         save_safetensors=True,
     )
+
+
+def _plateau(task: Task) -> dict[str, Any]:
+    """torch's ReduceLROnPlateau: halve the rate after every evaluation that does not beat the best
+    (patience 0), whatever the rate (eps 0: the default skips changes under 1e-8)."""
+    return {"mode": "max" if task.greater_is_better else "min", "factor": 0.5, "patience": 0, "eps": 0.0}
 
 
 class OrderedEvalTrainer(Trainer):

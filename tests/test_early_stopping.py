@@ -63,3 +63,24 @@ def test_patience_must_be_positive():
 def test_stopped_early_counts_patience_running_out_on_the_last_step(steps, without_improvement, expected):
     length = {"train/steps": steps, "train/max_steps": 1000, "train/best_step": 700}
     assert stopped_early(length, without_improvement, patience=3) is expected
+
+
+def test_reduce_lr_on_plateau_halves_the_rate_at_each_evaluation_without_improvement(tmp_path):
+    # At 1e-9 validation never improves, so after the first evaluation (step 2) sets the best,
+    # every later one (4, 6) halves the rate; the decay follows validation, not the 8-step ceiling.
+    from mlflow import MlflowClient
+
+    run_cli("run", "finetune", "--set", "finetune.lr_scheduler=reduce_lr_on_plateau", "--set",
+            "finetune.learning_rate=1e-9", "--set", "finetune.checkpoint_steps=2", "--set",
+            "finetune.max_steps=8", "--set", "finetune.logging_steps=1", root=tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bertpress-tiny")
+    [run] = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "finetune"]
+    rates = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/learning_rate")}
+    assert rates[1] == rates[2] == pytest.approx(1e-9)  # constant, no warmup, until the first evaluation
+    assert rates[5] == pytest.approx(0.5e-9) and rates[7] == pytest.approx(0.25e-9)
+
+
+def test_plateau_schedule_is_refused_where_the_teacher_has_no_validation_during_training():
+    with pytest.raises(ConfigError, match="reduce_lr_on_plateau needs validation during training"):
+        load_config("configs/tiny-sts.yaml", ["finetune.lr_scheduler=reduce_lr_on_plateau"])

@@ -444,8 +444,8 @@ def finetune_on_pairs(ctx: StageContext, task: SentenceEmbedding, teacher, token
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ctx.scratch / "st-checkpoints"), num_train_epochs=fcfg.epochs, max_steps=fcfg.max_steps,
         per_device_train_batch_size=fcfg.batch_size, learning_rate=fcfg.learning_rate,
-        warmup_ratio=fcfg.warmup_ratio, weight_decay=fcfg.weight_decay, seed=cfg.project.seed,
-        save_strategy="no", report_to=[], logging_steps=fcfg.logging_steps, use_cpu=True)
+        warmup_ratio=fcfg.warmup_ratio, lr_scheduler_type=fcfg.lr_scheduler, weight_decay=fcfg.weight_decay,
+        seed=cfg.project.seed, save_strategy="no", report_to=[], logging_steps=fcfg.logging_steps, use_cpu=True)
     pairs = Dataset.from_dict({"sentence1": list(train[TEXT]), "sentence2": list(train[ed.PAIR]),
                                "score": scaled(train[ed.SCORE])})
     SentenceTransformerTrainer(model=st, args=args, train_dataset=pairs, loss=losses.CoSENTLoss(st)).train()
