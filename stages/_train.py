@@ -50,6 +50,8 @@ def training_arguments(train: TrainConfig, runtime: RuntimeConfig, scratch: Path
         lr_scheduler_kwargs=_plateau(task) if train.lr_scheduler == "reduce_lr_on_plateau" else {},
         save_total_limit=2,  # the best and the latest (to resume from)
         load_best_model_at_end=True,
+        # Stateful callbacks (early stopping's patience counter) resume from the checkpoint, not from 0.
+        restore_callback_states_from_checkpoint=True,
         metric_for_best_model=task.primary_metric,
         greater_is_better=task.greater_is_better,
         logging_steps=train.logging_steps,
@@ -150,11 +152,11 @@ def training_length(trainer: Trainer) -> dict[str, float]:
             "train/best_step": float(best_step), "train/rows": float(len(trainer.train_dataset))}
 
 
-def stopped_early(length: dict[str, float], evaluations_without_improvement: int, patience: int) -> bool:
-    """Whether early stopping ended training: fewer steps than planned, or its patience ran out on
-    the very last step. False means the ceiling (epochs / max_steps) ended it while validation was
+def stopped_early(evaluations_without_improvement: int, patience: int) -> bool:
+    """Whether early stopping ended training: its patience ran out (before the ceiling or on its
+    very last step). False means the ceiling (epochs / max_steps) ended it while validation was
     still improving within the patience."""
-    return length["train/steps"] < length["train/max_steps"] or evaluations_without_improvement >= patience
+    return evaluations_without_improvement >= patience
 
 
 def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:

@@ -48,7 +48,8 @@ def run(ctx: StageContext) -> StageResult:
     callbacks = [TrackerCallback(ctx.tracker)]
     patience = cfg.finetune.early_stopping_patience
     if patience:
-        # Stateful: its patience counter is saved in each checkpoint, so a resumed run goes on counting.
+        # Stateful: its patience counter is saved in each checkpoint and restored on resume
+        # (training_arguments), so a resumed run goes on counting.
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     trainer = OrderedEvalTrainer(
         model=model,
@@ -67,8 +68,7 @@ def run(ctx: StageContext) -> StageResult:
     if patience:
         # A resumed Trainer replaces the callback with one restored from the checkpoint: ask it.
         counter = next(c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback))
-        metrics["train/stopped_early"] = float(
-            stopped_early(metrics, counter.early_stopping_patience_counter, patience))
+        metrics["train/stopped_early"] = float(stopped_early(counter.early_stopping_patience_counter, patience))
         if not metrics["train/stopped_early"]:
             # A weak teacher is a hidden cause of a weak student: say when the length was not chosen.
             by_steps = cfg.finetune.max_steps > 0
