@@ -100,17 +100,19 @@ def proxy_gap(finals: list[Trial], default: float) -> float:
     return max(0.0, sum(gains) / len(gains)) if gains else default
 
 
-def finals_reserve(proxies: list[Trial], lengths: list[int]) -> float | None:
-    """Seconds the proposals must leave for a final run: the slowest student trained so far (seconds
-    per step) at the longest distillation the space allows (`lengths`, plus the proxies' own full
-    lengths). Not the configured student's full run: a finalist may be twice as long (space
-    max_steps [1000, 2000]) and slower per step, which is how a search overran its CPU budget by
-    half. None before a proxy has trained."""
+def finals_reserve(proxies: list[Trial], lengths: list[int], next_proxy_fraction: float = 0.0) -> float | None:
+    """Seconds the proposals must leave before another proxy starts: a final run of the slowest
+    student trained so far (seconds per step) at the longest distillation the space allows
+    (`lengths`, plus the proxies' own full lengths), and the next proxy's own run at its worst
+    (`next_proxy_fraction` of that length). Not the configured student's full run: a finalist may be
+    twice as long (space max_steps [1000, 2000]) and slower per step, which is how a search overran
+    its CPU budget by half; and without the next proxy's share, a proxy that started just inside the
+    line ran 90 s past it (TREC, 15% over). None before a proxy has trained."""
     timed = [t for t in proxies if t.extra.get("s_per_step")]
     if not timed:
         return None
     longest = max([*lengths, *(t.extra["full_steps"] for t in timed)])
-    return max(t.extra["s_per_step"] for t in timed) * longest
+    return max(t.extra["s_per_step"] for t in timed) * longest * (1.0 + next_proxy_fraction)
 
 
 @dataclass(frozen=True)

@@ -484,10 +484,10 @@ def run(ctx: StageContext) -> StageResult:
             estimate = full_run_estimate()
             if len(trained) >= scfg.proxy_trials:
                 break
-            reserve = finals_reserve(trained, scfg.space.max_steps or [])
-            if estimate is not None and reserve is not None and spent() + reserve > scfg.cpu_budget * estimate:
+            reserve = finals_reserve(trained, scfg.space.max_steps or [], scfg.proxy_fraction)
+            if reserve is not None and spent() + reserve > scfg.cpu_budget * estimate:
                 ctx.log.info("search: CPU budget reached after %d proxy runs (%.0f s spent of %.0f; ~%.0f s "
-                             "kept for the longest final run)", len(trained), spent(),
+                             "kept for the next proxy and the longest final run)", len(trained), spent(),
                              scfg.cpu_budget * estimate, reserve)
                 break
             if len(study.trials) >= 4 * scfg.proxy_trials:  # mostly refused or over-limit proposals: stop

@@ -146,6 +146,9 @@ def test_the_finals_reserve_is_the_slowest_student_at_the_longest_length():
     assert finals_reserve(proxies, [1000, 2000]) == pytest.approx(1600.0)
     # Without search.space.max_steps every student runs the configured length.
     assert finals_reserve([timed(1, 0.5, 1200)], []) == pytest.approx(600.0)
+    # TREC's run: the last proxy started inside the line and ran 90 s past it. The next proxy's
+    # worst case (proxy_fraction of the longest run) is reserved too.
+    assert finals_reserve(proxies, [1000, 2000], 0.25) == pytest.approx(2000.0)
 
 
 def test_pareto_front():
