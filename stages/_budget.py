@@ -100,7 +100,7 @@ def proxy_gap(finals: list[Trial], default: float) -> float:
     return max(0.0, sum(gains) / len(gains)) if gains else default
 
 
-def finals_reserve(proxies: list[Trial], lengths: list[int], next_proxy_fraction: float = 0.0) -> float | None:
+def finals_reserve(proxies: list[Trial], lengths: list[int], next_proxy_fraction: float) -> float | None:
     """Seconds the proposals must leave before another proxy starts: a final run of the slowest
     student trained so far (seconds per step) at the longest distillation the space allows
     (`lengths`, plus the proxies' own full lengths), and the next proxy's own run at its worst

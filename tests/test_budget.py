@@ -138,14 +138,14 @@ def test_the_finals_reserve_is_the_slowest_student_at_the_longest_length():
         return replace(trial(number, 0.8, 1.0, phase="proxy"),
                        extra={"s_per_step": s_per_step, "full_steps": full_steps})
 
-    assert finals_reserve([], [1000, 2000]) is None
-    assert finals_reserve([trial(0, 0.8, 1.0, phase="proxy")], [2000]) is None  # no timing recorded
+    assert finals_reserve([], [1000, 2000], 0.25) is None
+    assert finals_reserve([trial(0, 0.8, 1.0, phase="proxy")], [2000], 0.25) is None  # no timing recorded
     # 20 Newsgroups' run: the first proxy (1,000 steps at 0.80 s) was the estimate, but the finalist
     # ran 2,000 steps at 0.86 s. The reserve covers a 2,000-step run of the slowest student seen.
     proxies = [timed(1, 0.80, 1000), timed(2, 0.56, 2000)]
-    assert finals_reserve(proxies, [1000, 2000]) == pytest.approx(1600.0)
+    assert finals_reserve(proxies, [1000, 2000], 0.0) == pytest.approx(1600.0)
     # Without search.space.max_steps every student runs the configured length.
-    assert finals_reserve([timed(1, 0.5, 1200)], []) == pytest.approx(600.0)
+    assert finals_reserve([timed(1, 0.5, 1200)], [], 0.0) == pytest.approx(600.0)
     # TREC's run: the last proxy started inside the line and ran 90 s past it. The next proxy's
     # worst case (proxy_fraction of the longest run) is reserved too.
     assert finals_reserve(proxies, [1000, 2000], 0.25) == pytest.approx(2000.0)
