@@ -352,6 +352,35 @@ def test_pair_metrics_by_hand():
     assert got["spearman"] == pytest.approx(-1.0)
 
 
+def test_the_check_against_sentence_transformers_ignores_noise_on_near_ties_but_not_real_differences():
+    from datasets import Dataset
+    from scipy.stats import spearmanr
+
+    from pipeline.stage import StageError
+    from stages.tasks.sentence_embedding import (
+        check_agrees_with_sentence_transformers,
+        pair_metrics,
+    )
+
+    # 18 pairs whose cosines all sit within 1e-6 of each other: noise of 1e-7 reorders them.
+    rng = np.random.default_rng(0)
+    first = np.tile([1.0, 0.0, 0.0], (18, 1)).astype(np.float32)
+    second = np.column_stack([np.ones(18), rng.uniform(0, 1e-3, 18), np.zeros(18)]).astype(np.float32)
+    gold = rng.uniform(0, 5, 18)
+    validation = Dataset.from_dict({"text": ["a"] * 18, "text_pair": ["b"] * 18, "label": gold})
+    cosine = (first * second).sum(1) / np.linalg.norm(second, axis=1)
+    evaluator = float(spearmanr(gold, cosine).statistic)
+    ours = np.empty((36, 3))
+    ours[0::2], ours[1::2] = first, second
+    noisy = ours + rng.normal(0, 1e-7, ours.shape)
+    assert abs(pair_metrics(noisy, np.repeat(gold, 2))["spearman"] - evaluator) > 1e-3  # the old check: flaky
+    check_agrees_with_sentence_transformers(validation, evaluator, noisy, first, second)  # no error
+    with pytest.raises(StageError, match="Spearman and sentence-transformers' differ"):
+        check_agrees_with_sentence_transformers(validation, evaluator + 0.01, noisy, first, second)
+    with pytest.raises(StageError, match="embeds differently"):
+        check_agrees_with_sentence_transformers(validation, evaluator, noisy[::-1].copy(), first, second)
+
+
 def test_passage_retrieval_metrics_by_hand():
     from stages.tasks.sentence_embedding import passage_retrieval_metrics
 
