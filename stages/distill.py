@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, set_seed
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback, set_seed
 
 from pipeline.config import DistillConfig, IntermediateConfig
 from pipeline.stage import StageContext, StageError, StageResult
@@ -58,6 +58,18 @@ from stages.tasks import get_task
 from stages.tasks.base import TEACHER_LOGITS, Task
 
 
+class ZeroGradAfterStep(TrainerCallback):
+    """The Trainer zeroes only the model's gradients after an optimizer step; a module trained
+    beside it (the hidden-state projection) needs the same, or its gradients add up across steps
+    (and a resumed run, starting them from zero, trains another projection)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
+
+
 class DistillationTrainer(OrderedEvalTrainer):
     """A Trainer whose change is the loss: the teacher's logits (live, or precomputed as a column)
     enter through the task's distillation loss, and optionally its hidden states (MSE, through a
@@ -87,6 +99,7 @@ class DistillationTrainer(OrderedEvalTrainer):
             s_width, t_width = self.model.config.hidden_size, self.teacher.config.hidden_size
             if self.intermediate.hidden_weight > 0 and s_width != t_width:
                 self.projection = torch.nn.Linear(s_width, t_width).to(self.args.device)
+                self.add_callback(ZeroGradAfterStep(self.projection))
 
     # The projection is trained with the student but is not part of it: checkpoints carry it
     # separately (written before the trainer state, which marks a checkpoint complete).
