@@ -17,10 +17,11 @@ def _finetune_metrics(root) -> dict:
 
 
 def test_a_teacher_whose_validation_metric_stops_improving_stops_early(tmp_path):
-    # A learning rate of 1e-9 leaves the predictions, hence validation accuracy, exactly as they
-    # were at the first evaluation: with patience 1 the second evaluation ends training.
+    # A learning rate of 1e-30 leaves the predictions, hence validation accuracy, exactly as they
+    # were at the first evaluation (1e-9 could still move weights by an ulp and flip a near-tied
+    # prediction of this random model): with patience 1 the second evaluation ends training.
     run_cli("run", "finetune", "--set", "finetune.early_stopping_patience=1", "--set",
-            "finetune.learning_rate=1e-9", "--set", "finetune.checkpoint_steps=2", "--set",
+            "finetune.learning_rate=1e-30", "--set", "finetune.checkpoint_steps=2", "--set",
             "finetune.max_steps=12", root=tmp_path)
     metrics = _finetune_metrics(tmp_path)
     assert metrics["train/steps"] == 4  # evaluations at steps 2 and 4
@@ -64,19 +65,22 @@ def test_stopped_early_is_patience_running_out(without_improvement, expected):
 
 
 def test_reduce_lr_on_plateau_halves_the_rate_at_each_evaluation_without_improvement(tmp_path):
-    # At 1e-9 validation never improves, so after the first evaluation (step 2) sets the best,
+    # At 1e-30 validation never improves, so after the first evaluation (step 2) sets the best,
     # every later one (4, 6) halves the rate; the decay follows validation, not the 8-step ceiling.
     from mlflow import MlflowClient
 
     run_cli("run", "finetune", "--set", "finetune.lr_scheduler=reduce_lr_on_plateau", "--set",
-            "finetune.learning_rate=1e-9", "--set", "finetune.checkpoint_steps=2", "--set",
+            "finetune.learning_rate=1e-30", "--set", "finetune.checkpoint_steps=2", "--set",
             "finetune.max_steps=8", "--set", "finetune.logging_steps=1", root=tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("bertpress-tiny")
     [run] = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "finetune"]
     rates = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/learning_rate")}
-    assert rates[1] == rates[2] == pytest.approx(1e-9)  # constant, no warmup, until the first evaluation
-    assert rates[5] == pytest.approx(0.5e-9) and rates[7] == pytest.approx(0.25e-9)
+    def approx(rate: float):
+        return pytest.approx(rate, rel=1e-6, abs=0)
+
+    assert rates[1] == rates[2] == approx(1e-30)  # constant, no warmup, until the first evaluation
+    assert rates[5] == approx(0.5e-30) and rates[7] == approx(0.25e-30)
 
 
 def test_plateau_schedule_is_refused_where_the_teacher_has_no_validation_during_training():

@@ -68,3 +68,23 @@ def test_gates_name_the_tasks_primary_metric():
     assert "test entity_f1 0.7000 < floor 0.7200" in results["min_metric"].detail
     assert results["max_metric_drop"].detail.startswith("entity_f1 0.7000 vs champion v1 0.7500: drop of 5.00 pt")
     assert "| model | version | test entity_f1 |" in render_report("m", candidate, champion, [], False)
+
+
+def test_batch1_latencies_take_turns_call_by_call():
+    # Who ran when is what makes the candidate/champion ratio fair: an object recording its calls
+    # stands in for a bundle (batch1_latencies only calls predict).
+    from bertpress.evaluate import batch1_latencies
+
+    calls: list[tuple[str, str]] = []
+
+    class Recorder:
+        def __init__(self, name: str):
+            self.name = name
+
+        def predict(self, texts):
+            calls.append((self.name, texts[0]))
+
+    times = batch1_latencies({"a": Recorder("a"), "b": Recorder("b")}, ["x", "y", "z"], rounds=2, warmup=1)
+    timed = calls[2:]  # after one warm-up call each
+    assert timed[:6] == [("a", "x"), ("b", "x"), ("b", "y"), ("a", "y"), ("a", "z"), ("b", "z")]
+    assert len(timed) == 12 and {len(ms) for ms in times.values()} == {6}
