@@ -487,7 +487,7 @@ class SearchConfig(_Section):
     space: SearchSpace = Field(default_factory=SearchSpace)
     cpu_budget: float = Field(
         3.0, gt=0, description="Wall time allowed, in multiples of one full distillation of the "
-        "configured student (estimated from the first proxy run).")
+        "configured student (its length x the first proxy run's seconds per step).")
     proxy_trials: int = Field(8, ge=1, description="At most this many short (proxy) runs; students over "
                               "a hard limit are not trained and not counted.")
     proxy_fraction: float = Field(0.25, gt=0, le=1, description="Proxy length / full length.")

@@ -100,6 +100,19 @@ def proxy_gap(finals: list[Trial], default: float) -> float:
     return max(0.0, sum(gains) / len(gains)) if gains else default
 
 
+def configured_run_estimate(proxies: list[Trial], configured_steps: int) -> float | None:
+    """Seconds of one full distillation of the configured student, the unit of search.cpu_budget:
+    the first proxy's seconds per step (the configured student when the space holds it) x the
+    configured length (`distill.max_steps`; -1, an epoch-based config: the proxy's own length).
+    Not the proxy's length: with a space of 2,000-step runs only, the budget doubled with it.
+    None before a proxy has trained."""
+    timed = [t for t in proxies if t.extra.get("s_per_step")]
+    if not timed:
+        return None
+    first = min(timed, key=lambda t: t.number)
+    return first.extra["s_per_step"] * (configured_steps if configured_steps > 0 else first.extra["full_steps"])
+
+
 def finals_reserve(proxies: list[Trial], lengths: list[int], next_proxy_fraction: float) -> float | None:
     """Seconds the proposals must leave before another proxy starts: a final run of the slowest
     student trained so far (seconds per step) at the longest distillation the space allows

@@ -43,6 +43,7 @@ from stages._budget import (
     Trial,
     by_cost,
     choose,
+    configured_run_estimate,
     cost,
     finalist_order,
     finals_reserve,
@@ -467,12 +468,8 @@ def run(ctx: StageContext) -> StageResult:
                  resumed)
 
     def full_run_estimate() -> float | None:
-        """Seconds for one full distillation of the configured student, from the first proxy."""
-        trained = [t for t in recorded(study) if t.phase == "proxy"]
-        if not trained:
-            return None
-        first = min(trained, key=lambda t: t.number)
-        return first.extra["s_per_step"] * first.extra["full_steps"]
+        return configured_run_estimate([t for t in recorded(study) if t.phase == "proxy"],
+                                       ctx.cfg.distill.max_steps)
 
     from tqdm.auto import tqdm
 

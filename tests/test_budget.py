@@ -210,3 +210,21 @@ def test_recipes_map_to_layer_loss_weights():
     attention = candidate_config(DistillConfig(), params(max_tokens=None, recipe="logits+attention"),
                                  TEACHER_CONFIG)
     assert (attention.intermediate.hidden_weight, attention.intermediate.attention_weight) == (0.0, 1.0)
+
+
+def test_the_cpu_budgets_unit_is_the_configured_length_at_the_first_proxys_pace():
+    from dataclasses import replace
+
+    from stages._budget import configured_run_estimate
+
+    def timed(number: int, s_per_step: float, full_steps: int) -> Trial:
+        return replace(trial(number, 0.8, 1.0, phase="proxy"),
+                       extra={"s_per_step": s_per_step, "full_steps": full_steps})
+
+    assert configured_run_estimate([], 1000) is None
+    # A space of 2,000-step runs only: its first proxy (0.52 s/step) is not the configured
+    # 1,000-step student; the unit stays 1,000 steps (it was 2,000: the budget doubled).
+    proxies = [timed(3, 0.9, 2000), timed(0, 0.52, 2000)]
+    assert configured_run_estimate(proxies, 1000) == pytest.approx(520.0)
+    # An epoch-based config (max_steps -1): the first proxy's own full length.
+    assert configured_run_estimate(proxies, -1) == pytest.approx(1040.0)
