@@ -85,21 +85,10 @@ def export_with_head(model_dir: Path, out_dir: Path, outputs: list[str], opset: 
     return path
 
 
-def argmax_changes(want: np.ndarray, have: np.ndarray, atol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Where the two logits' argmax differs, and where it differs although the reference
-    preferred its choice by more than 2 x atol (a near-tie may flip on float noise alone)."""
-    top_want, top_have = want.argmax(-1), have.argmax(-1)
-    margin = (np.take_along_axis(want, top_want[..., None], -1)
-              - np.take_along_axis(want, top_have[..., None], -1))[..., 0]
-    changed = top_want != top_have
-    return changed, changed & (margin > 2 * atol)
-
-
-def parity(model_dir: Path, onnx_path: Path, raw, task: Task, runtime, atol: float) -> dict[str, float]:
+def parity(model_dir: Path, onnx_path: Path, raw, task: Task, runtime) -> dict[str, float]:
     """ONNX vs PyTorch on real inputs: max |logit difference| and argmax disagreements (per token
-    for per-token logits; those beyond ties: where PyTorch preferred its choice by more than 2 x
-    atol, which logits within atol cannot explain) and, for each embedding output, the max
-    |difference| over real (unpadded) tokens relative to its scale."""
+    for per-token logits) and, for each embedding output, the max |difference| over real
+    (unpadded) tokens relative to its scale."""
     session = make_session(onnx_path, runtime, provider_list=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     reference = ModelWithEmbeddings(load_model(model_dir, task.auto_model), names[1:], task.head_logits).eval()
@@ -107,7 +96,7 @@ def parity(model_dir: Path, onnx_path: Path, raw, task: Task, runtime, atol: flo
     features = task.features(raw, tokenizer)
     columns = [c for c in MODEL_INPUTS if c in features.column_names]
     diffs = dict.fromkeys(names, 0.0)
-    flips, beyond_ties, n = 0, 0, 0
+    flips, n = 0, 0
     for start in range(0, len(features), 16):
         chunk = features[start:start + 16]
         rows = [{c: chunk[c][i] for c in columns} for i in range(len(chunk["input_ids"]))]
@@ -124,12 +113,10 @@ def parity(model_dir: Path, onnx_path: Path, raw, task: Task, runtime, atol: flo
             scale = 1.0 if name == "logits" else max(1.0, float(np.abs(want).max()))
             diffs[name] = max(diffs[name], float(diff.max()) / scale)
         if task.argmax_outputs:
-            changed = argmax_changes(expected[0], got[0], atol)
-            flips += int((changed[0][mask] if task.per_token else changed[0]).sum())
-            beyond_ties += int((changed[1][mask] if task.per_token else changed[1]).sum())
+            changed = expected[0].argmax(-1) != got[0].argmax(-1)
+            flips += int((changed[mask] if task.per_token else changed).sum())
         n += len(got[0])
-    result = {"max_abs_diff": diffs["logits"], "argmax_changes": flips, "argmax_changes_beyond_ties": beyond_ties,
-              "examples": n}
+    result = {"max_abs_diff": diffs["logits"], "argmax_changes": flips, "examples": n}
     return result | {f"{name}_max_rel_diff": d for name, d in diffs.items() if name != "logits"}
 
 
@@ -172,17 +159,20 @@ def run(ctx: StageContext) -> StageResult:
             ctx.log.info("%s: %d embedding rows stored, ids looked up through a remap table",
                          role, len(shared["kept"]))
         for variant, path in checks.items():
-            result = parity(model_dir, path, sample, task, cfg.runtime, ecfg.atol)
+            result = parity(model_dir, path, sample, task, cfg.runtime)
             info["parity"][f"{role}_{variant}"] = result
             metrics[f"{role}/{variant}_max_abs_diff"] = result["max_abs_diff"]
             metrics[f"{role}/{variant}_size_mb"] = file_mb(path)
             worst_embedding = max((v for k, v in result.items() if k.endswith("_max_rel_diff")), default=0.0)
-            if result["max_abs_diff"] > ecfg.atol or result["argmax_changes_beyond_ties"] or worst_embedding > ecfg.atol:
+            # Prediction flips are reported, not judged: with every logit within atol, a flip needs
+            # the two top logits within 2 x atol (a near-tie float noise may turn), and a real
+            # disagreement already fails the logit check.
+            if result["max_abs_diff"] > ecfg.atol or worst_embedding > ecfg.atol:
                 raise StageError(
                     f"{role} {variant} ONNX disagrees with PyTorch on {result['examples']} validation "
                     f"examples: max |logit diff| {result['max_abs_diff']:.2e}, worst embedding "
                     f"relative diff {worst_embedding:.2e} (export.atol {ecfg.atol:.0e}), "
-                    f"{result['argmax_changes_beyond_ties']} prediction(s) changed beyond ties. Try another "
+                    f"{result['argmax_changes']} prediction(s) changed. Try another "
                     "export.opset, or export.optimize=false if only the fused graph fails."
                 )
             ctx.log.info("%s %s parity: max |diff| %.2e on %d examples%s", role, variant,

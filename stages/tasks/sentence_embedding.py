@@ -395,16 +395,16 @@ def embedding_agreement(reference: np.ndarray, vectors: np.ndarray, k: int) -> d
     return ({"mean_cosine": float((a * b).sum(1).mean())} | overlap) if a.shape == b.shape else overlap
 
 
-def pair_cosines(vectors: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows 2i and 2i+1 are pair i: each pair's cosine, and its gold score."""
+def pair_cosines(vectors: np.ndarray) -> np.ndarray:
+    """Rows 2i and 2i+1 are pair i: each pair's cosine."""
     unit = l2_normalize(np.asarray(vectors, dtype=np.float64))
-    return (unit[0::2] * unit[1::2]).sum(1), np.asarray(scores, dtype=np.float64)[0::2]
+    return (unit[0::2] * unit[1::2]).sum(1)
 
 
 def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Spearman and Pearson of each pair's cosine against its gold score (0-1 like every metric
     here; STS papers print them x100)."""
-    cosine, gold = pair_cosines(vectors, scores)
+    cosine, gold = pair_cosines(vectors), np.asarray(scores, dtype=np.float64)[0::2]
     return {"spearman": spearman(cosine, gold), "pearson": float(np.corrcoef(cosine, gold)[0, 1])}
 
 
@@ -482,10 +482,9 @@ def check_agrees_with_sentence_transformers(validation: Dataset, evaluator_spear
     if gap > 1e-4:
         raise StageError(f"the fine-tuned teacher, reloaded, embeds differently from sentence-transformers' "
                          f"model (largest difference of unit vectors {gap:.2e} > 1e-4): report this as a bug")
-    cosine, gold = pair_cosines(theirs, np.repeat(np.asarray(validation[ed.SCORE], dtype=np.float64), 2))
     their_cosine = pairwise_cos_sim(first, second).double().numpy()
-    checks = [("cosine", float(np.abs(cosine - their_cosine).max()), 1e-5),
-              ("Spearman", abs(spearman(their_cosine, gold) - evaluator_spearman), 1e-6)]
+    checks = [("cosine", float(np.abs(pair_cosines(theirs) - their_cosine).max()), 1e-5),
+              ("Spearman", abs(spearman(their_cosine, validation[ed.SCORE]) - evaluator_spearman), 1e-6)]
     for name, difference, tolerance in checks:
         if difference > tolerance:
             raise StageError(f"this task's {name} and sentence-transformers' differ by {difference:.2e} on the "
