@@ -83,7 +83,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(VENV)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-slow: setup
 	$(VENV)/bin/python -m pytest -m slow -q

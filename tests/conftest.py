@@ -10,6 +10,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Two xdist workers share two cores, and each starts CLI processes: with torch's default of a
+# thread per core they oversubscribe the cores (measured: the suite took 1,073 s, 873 s with one
+# thread each). The tests' models are tiny; a second thread gains them nothing.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
@@ -25,6 +30,21 @@ from pipeline.config import PipelineConfig, load_config  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO_ROOT / "configs" / "tiny.yaml"
 TINY_CSV = REPO_ROOT / "tests" / "data" / "tiny_reviews.csv"
+
+
+# The files that start CLI pipelines, most expensive first (seconds of one CI run), so that
+# `--dist loadfile --no-loadscope-reorder` (the Makefile) starts the long ones first and the quick
+# unit-test files fill the gaps at the end. The first two need different pipelines: one worker
+# trains while the other builds tiny_run, instead of waiting for it (see built_once).
+FIRST_FILES = ("test_distributed", "test_bad_inputs", "test_ner_pipeline", "test_sentence_embedding",
+               "test_pipeline_e2e", "test_resume", "test_search", "test_release", "test_qa_pipeline",
+               "test_rerank_pipeline", "test_runtime", "test_mlflow_server", "test_shared_rows",
+               "test_early_stopping", "test_concurrency", "test_tracking_failures", "test_cache")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: in-file order kept
 
 
 @pytest.fixture(autouse=True)
@@ -86,9 +106,35 @@ def run_cli(*args: str, root: Path, check: bool = True, env: dict | None = None,
     return proc
 
 
+@contextlib.contextmanager
+def _logging_restored():
+    """The CLI sets up logging (root handlers on its own stderr, which CliRunner swaps and closes);
+    put this process's back, pytest's capture handlers included."""
+    import logging
+
+    root, ours = logging.getLogger(), logging.getLogger("bertpress")
+    saved = root.handlers[:], root.level, ours.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        ours.setLevel(saved[2])
+
+
 def cli_status(root: Path, *extra: str, config: str = "configs/tiny.yaml") -> dict[str, dict]:
-    proc = run_cli("status", "--json", *extra, root=root, config=config)
-    return {row["stage"]: row for row in json.loads(proc.stdout)}
+    """`bertpress status --json` run in this process (the same typer app the CLI runs: tests call
+    it often, and a new interpreter costs ~2 s each; test_pipeline_e2e checks the subprocess)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    args = ["status", "--json", *extra, "--config", config, "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
+            "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+    with contextlib.chdir(REPO_ROOT), _logging_restored():  # session fixtures run before the autouse chdir
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"status failed:\n{result.output[-3000:]}\n{result.exception!r}"
+    return {row["stage"]: row for row in json.loads(result.stdout)}
 
 
 def copy_stages(source: Path, root: Path, stages: list[str]) -> None:
@@ -99,14 +145,39 @@ def copy_stages(source: Path, root: Path, stages: list[str]) -> None:
     shutil.copy2(source / "mlflow.db", root / "mlflow.db")
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """configs/tiny.yaml through every stage (release included) once; tests that change its
-    artifacts use other keys (overrides) or copy it."""
-    root = tmp_path_factory.mktemp("tiny")
-    assert {r["status"] for r in cli_status(root).values()} == {"missing"}
-    run_cli("run", "all", root=root)
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """A directory `build(root)` fills once per test session, shared by every xdist worker (each
+    worker would otherwise build its own: the tiny pipeline is ~45 s of CPU). The first worker
+    to ask builds it under a file lock; the others wait for it. Shared means read-only: a test
+    that reruns, forces or releases copies it first."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # xdist: the workers' base temps sit side by side in one directory
+        base = base.parent
+    root, built = base / name, base / f"{name}.built"
+    with FileLock(str(base / f"{name}.lock")):
+        if not built.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed in another worker
+            root.mkdir()
+            build(root)
+            built.touch()
     return root
+
+
+def _run_all(config: str):
+    def build(root: Path) -> None:
+        assert {r["status"] for r in cli_status(root, config=config).values()} == {"missing"}
+        run_cli("run", "all", root=root, config=config)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, worker_id) -> Path:
+    """configs/tiny.yaml through every stage (release included) once; read-only (see built_once):
+    tests that change its artifacts use other keys (overrides) or copy it."""
+    return built_once(tmp_path_factory, worker_id, "tiny", _run_all("configs/tiny.yaml"))
 
 
 @pytest.fixture(scope="session")
@@ -117,17 +188,15 @@ def tiny_bundle(tiny_run) -> Path:
 TINY_NER = "configs/tiny-ner.yaml"
 
 
-def run_all_once(tmp_path_factory, config: str) -> Path:
-    """A tiny config through every stage, in a fresh directory (session fixtures share it)."""
-    root = tmp_path_factory.mktemp(Path(config).stem)
-    run_cli("run", "all", root=root, config=config)
-    return root
+def run_all_once(tmp_path_factory, worker_id: str, config: str) -> Path:
+    """A tiny config through every stage once per test session, shared read-only (built_once)."""
+    return built_once(tmp_path_factory, worker_id, Path(config).stem, _run_all(config))
 
 
 @pytest.fixture(scope="session")
-def tiny_ner_run(tmp_path_factory) -> Path:
+def tiny_ner_run(tmp_path_factory, worker_id) -> Path:
     """configs/tiny-ner.yaml (token classification) through every stage once."""
-    return run_all_once(tmp_path_factory, TINY_NER)
+    return run_all_once(tmp_path_factory, worker_id, TINY_NER)
 
 
 @pytest.fixture(scope="session")
@@ -139,27 +208,27 @@ TINY_QA = "configs/tiny-qa.yaml"
 
 
 @pytest.fixture(scope="session")
-def tiny_qa_run(tmp_path_factory) -> Path:
+def tiny_qa_run(tmp_path_factory, worker_id) -> Path:
     """configs/tiny-qa.yaml (extractive question answering) through every stage once."""
-    return run_all_once(tmp_path_factory, TINY_QA)
+    return run_all_once(tmp_path_factory, worker_id, TINY_QA)
 
 
 TINY_RERANK = "configs/tiny-rerank.yaml"
 
 
 @pytest.fixture(scope="session")
-def tiny_rerank_run(tmp_path_factory) -> Path:
+def tiny_rerank_run(tmp_path_factory, worker_id) -> Path:
     """configs/tiny-rerank.yaml (a cross-encoder re-ranker) through every stage once."""
-    return run_all_once(tmp_path_factory, TINY_RERANK)
+    return run_all_once(tmp_path_factory, worker_id, TINY_RERANK)
 
 
 TINY_EMBEDDINGS = "configs/tiny-embeddings.yaml"
 
 
 @pytest.fixture(scope="session")
-def tiny_embeddings_run(tmp_path_factory) -> Path:
+def tiny_embeddings_run(tmp_path_factory, worker_id) -> Path:
     """configs/tiny-embeddings.yaml (sentence embeddings + the static tier) through every stage once."""
-    return run_all_once(tmp_path_factory, TINY_EMBEDDINGS)
+    return run_all_once(tmp_path_factory, worker_id, TINY_EMBEDDINGS)
 
 
 def assert_rerun_is_all_cache_hits(root: Path, config: str, experiment_name: str, rows: dict[str, dict]) -> None:
