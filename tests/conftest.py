@@ -148,8 +148,10 @@ def copy_stages(source: Path, root: Path, stages: list[str]) -> None:
 def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
     """A directory `build(root)` fills once per test session, shared by every xdist worker (each
     worker would otherwise build its own: the tiny pipeline is ~45 s of CPU). The first worker
-    to ask builds it under a file lock; the others wait for it. Shared means read-only: a test
-    that reruns, forces or releases copies it first."""
+    to ask builds it under a file lock; the others wait for it. Modules that share one must only
+    read it: a test that reruns, forces or releases in it copies it first, unless its module is
+    the only user (tiny_run: test_pipeline_e2e copies; tiny-rerank's cached rerun writes only its
+    MLflow store, which test_upstream does not read)."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
