@@ -32,9 +32,9 @@ TINY_YAML = REPO_ROOT / "configs" / "tiny.yaml"
 TINY_CSV = REPO_ROOT / "tests" / "data" / "tiny_reviews.csv"
 
 
-# The files that start CLI pipelines, most expensive first (seconds of one CI run), so that
-# `--dist loadfile --no-loadscope-reorder` (the Makefile) starts the long ones first and the quick
-# unit-test files fill the gaps at the end. The first two need different pipelines: one worker
+# The files that start CLI pipelines, roughly most expensive first (per-file seconds of one suite
+# run, --durations=0), so that `--dist loadfile --no-loadscope-reorder` (the Makefile) starts the
+# long ones first and the quick unit-test files fill the gaps at the end. The first two need different pipelines: one worker
 # trains while the other builds tiny_run, instead of waiting for it (see built_once).
 FIRST_FILES = ("test_distributed", "test_bad_inputs", "test_ner_pipeline", "test_sentence_embedding",
                "test_pipeline_e2e", "test_resume", "test_search", "test_release", "test_qa_pipeline",
@@ -90,16 +90,22 @@ def load_tiny(tiny_overrides: list[str]):
 CLI = [sys.executable, "-m", "pipeline.cli"]
 
 
+def cli_args(root: Path, *args: str, config: str = "configs/tiny.yaml", tracking: bool = True) -> list[str]:
+    """`bertpress` arguments (after the program) for `args` on `config`, with artifacts and, unless
+    tracking=False, MLflow inside `root`."""
+    where = ["--set", f"runtime.artifacts_dir={root / 'artifacts'}"]
+    if tracking:
+        where += ["--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+    return [*args, "--config", config, *where]
+
+
 def run_cli(*args: str, root: Path, check: bool = True, env: dict | None = None,
             config: str = "configs/tiny.yaml", timeout: int = 600) -> subprocess.CompletedProcess:
     """`bertpress <args> --config tiny.yaml` with artifacts and MLflow inside `root`.
 
     With MLFLOW_TRACKING_URI in `env`, tracking goes there instead of root/mlflow.db."""
-    tracking = [] if env and "MLFLOW_TRACKING_URI" in env else [
-        "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
-    cmd = [*CLI, *args, "--config", config, "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
-           *tracking]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+    tracking = not (env and "MLFLOW_TRACKING_URI" in env)
+    proc = subprocess.run([*CLI, *cli_args(root, *args, config=config, tracking=tracking)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     if check:
         assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -129,10 +135,8 @@ def cli_status(root: Path, *extra: str, config: str = "configs/tiny.yaml") -> di
 
     from pipeline.cli import app
 
-    args = ["status", "--json", *extra, "--config", config, "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
-            "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
     with contextlib.chdir(REPO_ROOT), _logging_restored():  # session fixtures run before the autouse chdir
-        result = CliRunner().invoke(app, args)
+        result = CliRunner().invoke(app, cli_args(root, "status", "--json", *extra, config=config))
     assert result.exit_code == 0, f"status failed:\n{result.output[-3000:]}\n{result.exception!r}"
     return {row["stage"]: row for row in json.loads(result.stdout)}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, REPO_ROOT, cli_status
+from conftest import CLI, REPO_ROOT, cli_args, cli_status
 from pipeline.locks import stage_lock
 from pipeline.stage import StageError
 
@@ -66,9 +66,7 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
 
 
 def test_two_pipelines_on_one_directory_build_each_stage_once(tmp_path):
-    args = [*CLI, "run", "all", "--config", "configs/tiny.yaml",
-            "--set", f"runtime.artifacts_dir={tmp_path / 'artifacts'}",
-            "--set", f"runtime.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    args = [*CLI, *cli_args(tmp_path, "run", "all")]
     first = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     second = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,15 +11,13 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO_ROOT, cli_status
+from conftest import REPO_ROOT, cli_args, cli_status
 
 VENV_BIN = Path(sys.executable).parent
 
 
 def launch(launcher: list[str], root: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [*launcher, "-m", "pipeline.cli", *args, "--config", "configs/tiny.yaml",
-           "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
-           "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
+    cmd = [*launcher, "-m", "pipeline.cli", *cli_args(root, *args)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc

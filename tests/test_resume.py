@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import CLI, REPO_ROOT, cli_status, copy_stages, run_cli
+from conftest import CLI, REPO_ROOT, cli_args, cli_status, copy_stages, run_cli
 
 TRAIN = {
     "finetune": ("--set", "finetune.epochs=6", "--set", "finetune.checkpoint_steps=20"),
@@ -24,11 +24,6 @@ TRAIN = {
                 "--set", "distill.student.intermediate_size=32"),
 }
 UPSTREAM = {"finetune": ["data"], "distill": ["data", "finetune"]}
-
-
-def cli_args(root: Path, *args: str) -> list[str]:
-    return [*CLI, *args, "--config", "configs/tiny.yaml", "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
-            "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}"]
 
 
 def checkpoints(folder: Path) -> list[int]:
@@ -76,7 +71,7 @@ def test_kill_9_during_training_resumes_and_matches_an_uninterrupted_run(tiny_ru
     key = status[stage]["key"]
     scratch = broken / "artifacts" / stage / f".work-{key}" / "checkpoints"
     start = time.monotonic()
-    proc = subprocess.Popen(cli_args(broken, "run", stage, *train), cwd=REPO_ROOT,
+    proc = subprocess.Popen([*CLI, *cli_args(broken, "run", stage, *train)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kill_when(proc, lambda: any(step >= 60 for step in checkpoints(scratch)))
     killed_at = max(checkpoints(scratch))
@@ -107,7 +102,7 @@ def test_kill_9_during_quantize_leaves_nothing_that_looks_finished(tiny_run, tmp
     shutil.copytree(tiny_run, root)
     before = cli_status(root)
     stage_dir = root / "artifacts" / "quantize"
-    proc = subprocess.Popen(cli_args(root, "run", "quantize", "--force"), cwd=REPO_ROOT,
+    proc = subprocess.Popen([*CLI, *cli_args(root, "run", "quantize", "--force")], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kill_when(proc, lambda: any(stage_dir.glob(".tmp-*/candidates/*.onnx")))
     leftovers = list(stage_dir.glob(".tmp-*"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import CLI, REPO_ROOT, cli_status, copy_stages, run_cli
+from conftest import CLI, REPO_ROOT, cli_args, cli_status, copy_stages, run_cli
 
 SEARCH = ("--set", "search.enabled=true", "--set", "search.space.layers=[1,2]",
           "--set", "search.space.intermediate_size=[32,64]", "--set", "search.space.max_tokens=[null,200,20]",
@@ -41,8 +41,7 @@ def searched(tiny_run, tmp_path_factory) -> Path:
     copy_stages(tiny_run, root, ["data", "finetune"])  # the teacher: SEARCH does not change its key
     upstream = run_cli("run", "baseline", *SEARCH, root=root)
     assert "[finetune] running" not in upstream.stdout + upstream.stderr  # copied, not retrained
-    cmd = [*CLI, "run", "search", "--config", "configs/tiny.yaml", "--set", f"runtime.artifacts_dir={root / 'artifacts'}",
-           "--set", f"runtime.tracking_uri=sqlite:///{root / 'mlflow.db'}", *SEARCH]
+    cmd = [*CLI, *cli_args(root, "run", "search", *SEARCH)]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 300
