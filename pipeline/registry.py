@@ -10,6 +10,7 @@ names a stage.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def _is_task_module(module: str) -> bool:
     return package in ("stages.tasks", "bertpress.tasks") and name in TASK_MODULES.values()
 
 
-def _helpers_imported_by(path: Path, include_tasks: bool) -> set[Path]:
+# Cached per process: every plan() asks for every stage's files, and parsing the same modules again
+# cost ~4 s of each (even fully cached) CLI call. The files' bytes are still hashed on every plan.
+@functools.cache
+def _helpers_imported_by(path: Path, include_tasks: bool) -> frozenset[Path]:
     """Files of the stages.* and bertpress.* modules a file imports (lazily too). Task modules
     are left to `task_code_files` unless `include_tasks`."""
     found = set()
@@ -61,7 +65,7 @@ def _helpers_imported_by(path: Path, include_tasks: bool) -> set[Path]:
         file = _module_file(module)
         if file.is_file():
             found.add(file)
-    return found
+    return frozenset(found)
 
 
 def _closure(start: Path, include_tasks: bool) -> tuple[Path, ...]:
@@ -82,6 +86,7 @@ def code_files(stage: str) -> tuple[Path, ...]:
     return _closure(STAGES_DIR / f"{stage}.py", include_tasks=False)
 
 
+@functools.cache
 def task_code_files(task_type: str) -> tuple[Path, ...]:
     """The configured task's modules (training side and runtime head), the helpers they import,
     and the task modules it reuses (TASK_REUSES): part of every stage's version."""
