@@ -34,8 +34,9 @@ TINY_CSV = REPO_ROOT / "tests" / "data" / "tiny_reviews.csv"
 
 # The files that start CLI pipelines, roughly most expensive first (per-file seconds of one suite
 # run, --durations=0), so that `--dist loadfile --no-loadscope-reorder` (the Makefile) starts the
-# long ones first and the quick unit-test files fill the gaps at the end. The first two need different pipelines: one worker
-# trains while the other builds tiny_run, instead of waiting for it (see built_once).
+# long ones first and the quick unit-test files fill the gaps at the end. The first two need
+# different pipelines: one worker trains while the other builds tiny_run, instead of waiting for
+# it (see built_once).
 FIRST_FILES = ("test_distributed", "test_bad_inputs", "test_ner_pipeline", "test_sentence_embedding",
                "test_pipeline_e2e", "test_resume", "test_search", "test_release", "test_qa_pipeline",
                "test_rerank_pipeline", "test_runtime", "test_mlflow_server", "test_shared_rows",
@@ -105,8 +106,8 @@ def run_cli(*args: str, root: Path, check: bool = True, env: dict | None = None,
 
     With MLFLOW_TRACKING_URI in `env`, tracking goes there instead of root/mlflow.db."""
     tracking = not (env and "MLFLOW_TRACKING_URI" in env)
-    proc = subprocess.run([*CLI, *cli_args(root, *args, config=config, tracking=tracking)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run([*CLI, *cli_args(root, *args, config=config, tracking=tracking)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check:
         assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
