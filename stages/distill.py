@@ -309,7 +309,11 @@ def run(ctx: StageContext) -> StageResult:
     elif dcfg.trim_vocab.share_rows:
         shared = plan_shared_rows(ctx, task, raw, model, tokenizer)
         info["trim_vocab"] = {"kept": len(shared[0]), "original": len(tokenizer), "mode": "shared rows"}
+        metrics = rescored_after_sharing(trainer, splits, task, metrics)
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/kept_rows": float(len(shared[0]))}
+        ctx.log.info("rows shared: validation %s %.4f -> %.4f, test %.4f -> %.4f", task.primary_metric,
+                     *(metrics[f"{prefix}{split}/{task.primary_metric}"]
+                       for split in ("eval", "test") for prefix in ("full_rows/", "")))
     elif dcfg.trim_vocab.enabled:
         model, student_tokenizer, trim_metrics, info["trim_vocab"] = trim_student(ctx, task, raw, model, tokenizer)
         metrics |= trim_metrics
@@ -322,6 +326,16 @@ def run(ctx: StageContext) -> StageResult:
     ctx.log.info("student test %s %.4f", task.primary_metric, metrics[f"test/{task.primary_metric}"])
     return StageResult(metrics=metrics, outputs={"student_model": "model", "student_metrics": "metrics.json",
                                                  "student_settings": "settings.json"}, info=info)
+
+
+def rescored_after_sharing(trainer: OrderedEvalTrainer, splits, task: Task, metrics: dict[str, float]) -> dict[str, float]:
+    """Validation and test scored again once rows are shared, so the stage reports the model it
+    ships (rare pieces now read another piece's row); the scores before move to full_rows/."""
+    scored = {f"full_rows/{k}": v for k, v in metrics.items() if k.startswith(("eval/", "test/"))}
+    for split, ds in (("eval", splits["validation"]), ("test", splits["test"])):
+        scored |= {f"{split}/{name}": value for name, value in evaluate(trainer, ds, task).items()
+                   if not isinstance(value, dict)}
+    return metrics | scored
 
 
 def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[BudgetVocab, dict]:
