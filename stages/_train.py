@@ -136,10 +136,7 @@ def train_and_evaluate(trainer: Trainer, scratch: Path, test_dataset, task: Task
         log.info("resuming from checkpoint %s", last)
     result = trainer.train(resume_from_checkpoint=last)
     metrics = {"train/final_loss": float(result.training_loss), "train/runtime_s": result.metrics["train_runtime"]}
-    for split, ds in (("eval", trainer.eval_dataset), ("test", test_dataset)):
-        scores = evaluate(trainer, ds, task)
-        metrics |= {f"{split}/{name}": value for name, value in scores.items() if not isinstance(value, dict)}
-    return metrics
+    return metrics | split_scores(trainer, task, eval=trainer.eval_dataset, test=test_dataset)
 
 
 def training_length(trainer: Trainer) -> dict[str, float]:
@@ -157,6 +154,12 @@ def stopped_early(evaluations_without_improvement: int, patience: int) -> bool:
     very last step). False means the ceiling (epochs / max_steps) ended it while validation was
     still improving within the patience."""
     return evaluations_without_improvement >= patience
+
+
+def split_scores(trainer: Trainer, task: Task, **splits) -> dict[str, float]:
+    """The task's scalar metrics of the trainer's model on each named split, as `split/metric`."""
+    return {f"{split}/{name}": value for split, features in splits.items()
+            for name, value in evaluate(trainer, features, task).items() if not isinstance(value, dict)}
 
 
 def evaluate(trainer: Trainer, features, task: Task) -> dict[str, float]:

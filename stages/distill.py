@@ -38,7 +38,7 @@ from stages._train import (
     OrderedEvalTrainer,
     TrackerCallback,
     configure_torch,
-    evaluate,
+    split_scores,
     train_and_evaluate,
     training_arguments,
 )
@@ -295,8 +295,7 @@ def run(ctx: StageContext) -> StageResult:
     trainer = build_trainer(ctx, task, dcfg, teacher, student, student_tokenizer, splits["train"],
                             splits["validation"], ctx.scratch, pairs)
     if ctx.has("search_winner"):
-        metrics = {f"{split}/{name}": value for split, ds in (("eval", splits["validation"]), ("test", splits["test"]))
-                   for name, value in evaluate(trainer, ds, task).items() if not isinstance(value, dict)}
+        metrics = split_scores(trainer, task, eval=splits["validation"], test=splits["test"])
     else:
         metrics = train_and_evaluate(trainer, ctx.scratch, splits["test"], task)
     trainer.model.set_attn_implementation("sdpa")  # the fast path for everything downstream
@@ -331,11 +330,8 @@ def run(ctx: StageContext) -> StageResult:
 def rescored_after_sharing(trainer: OrderedEvalTrainer, splits, task: Task, metrics: dict[str, float]) -> dict[str, float]:
     """Validation and test scored again once rows are shared, so the stage reports the model it
     ships (rare pieces now read another piece's row); the scores before move to full_rows/."""
-    scored = {f"full_rows/{k}": v for k, v in metrics.items() if k.startswith(("eval/", "test/"))}
-    for split, ds in (("eval", splits["validation"]), ("test", splits["test"])):
-        scored |= {f"{split}/{name}": value for name, value in evaluate(trainer, ds, task).items()
-                   if not isinstance(value, dict)}
-    return metrics | scored
+    before = {f"full_rows/{k}": v for k, v in metrics.items() if k.startswith(("eval/", "test/"))}
+    return metrics | before | split_scores(trainer, task, eval=splits["validation"], test=splits["test"])
 
 
 def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[BudgetVocab, dict]:
