@@ -29,10 +29,10 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     task = get_task(cfg)
     configure_torch(cfg.runtime)
+    set_seed(cfg.project.seed)  # before a task's own stage too: its random init and shuffles are seeded
     own = task.finetune_stage(ctx)  # e.g. a sentence-embedding teacher used as it is
     if own is not None:
         return own
-    set_seed(cfg.project.seed)
     tokenizer = AutoTokenizer.from_pretrained(ctx.path("teacher_tokenizer"))
     raw = load_splits_dir(ctx.path("dataset"))
     if cfg.finetune.max_train_samples:
