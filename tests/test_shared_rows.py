@@ -224,3 +224,67 @@ def test_the_distill_stage_scores_the_student_it_ships_after_rows_are_shared(tmp
     # below can tell the shared model's score from the full one's.
     assert abs(metrics["full_rows/eval/spearman"] - metrics["eval/spearman"]) > 0.02
     assert metrics["eval/spearman"] == pytest.approx(report["fp32"]["spearman"], abs=1e-3)
+
+
+def test_reading_shared_rows_trains_each_kept_row_as_one_tied_weight(texts):
+    """share_rows_from: start. With the hook on, an id reads its shared row; a kept row's gradient
+    is the sum over the pieces that read it, a dropped piece's own row gets none; after a step,
+    share_rows with the same plan gives a model that predicts exactly what the trained one did."""
+    from stages._vocab import read_shared_rows
+
+    tokenizer = train_wordpiece_tokenizer(texts, 300)
+    torch.manual_seed(0)
+    model = BertForTokenClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    from stages._vocab import character_ids
+
+    domain = texts[:10]
+    floor = set(token_counts(tokenizer, domain)) | set(tokenizer.all_special_ids) | character_ids(tokenizer, domain)
+    kept, position = shared_row_plan(tokenizer, domain, len(floor) + 10, model.get_input_embeddings().weight.data)
+    hook = read_shared_rows(model, kept, position)
+    batch = tokenizer(texts[20:40], padding=True, return_tensors="pt")
+    ids = batch["input_ids"]
+    dropped = sorted(set(ids.flatten().tolist()) - set(kept))
+    assert dropped, "the batch must use pieces whose rows are not kept"
+    reader = torch.as_tensor(kept)[torch.from_numpy(position)]
+
+    model.train()
+    model(**batch).logits.square().mean().backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert grad[dropped].abs().max() == 0  # no gradient reaches a dropped piece's own row
+    # the kept row a dropped piece reads gets a gradient from it (the rows are otherwise unused here)
+    assert grad[reader[dropped]].abs().sum(1).min() > 0
+
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits
+        hook.remove()
+        share_rows(model, kept, position)
+        shipped = model(**batch).logits
+    torch.testing.assert_close(shipped, trained, rtol=0, atol=0)
+
+
+def test_the_distill_stage_can_share_rows_from_the_start(tmp_path):
+    """share_rows_from: start plans the rows from the untrained student and trains reading them:
+    the stage's scores are the shipped model's with no rescoring, and the saved matrix holds the
+    kept rows' copies."""
+    from conftest import run_cli
+
+    run_cli("run", "quantize", "--set", "distill.trim_vocab.max_tokens=60", "--set",
+            "distill.trim_vocab.share_rows=true", "--set", "distill.trim_vocab.share_rows_from=start",
+            root=tmp_path, config="configs/tiny-sts.yaml")
+    [distilled] = (tmp_path / "artifacts").glob("distill/*/metrics.json")
+    metrics = json.loads(distilled.read_text())
+    assert "eval/spearman" in metrics and not [k for k in metrics if k.startswith("full_rows/")]
+    report = json.loads(next((tmp_path / "artifacts").glob("quantize/*/quantize_report.json")).read_text())
+    assert metrics["eval/spearman"] == pytest.approx(report["fp32"]["spearman"], abs=1e-3)
+    model_dir = distilled.parent / "model"
+    shared = np.load(model_dir / "shared_rows.npz")
+    from safetensors.numpy import load_file
+
+    [weights] = model_dir.glob("*.safetensors")
+    rows = next(v for k, v in load_file(weights).items() if k.endswith("word_embeddings.weight"))
+    kept, position = shared["kept"], shared["position"]
+    np.testing.assert_array_equal(rows, rows[kept][position])
