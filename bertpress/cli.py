@@ -405,12 +405,16 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
                           f"{exc.name!r} here): pip install 'bertpress\\[train]'", highlight=False)
         sys.exit(2)
     except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if _is_click_error(exc):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _is_click_error(exc: Exception) -> bool:
+    """A click usage error (unknown option, missing argument...). typer 0.29 vendors click as
+    typer._click, whose classes are not click's: match either by name, not by import."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
 
 class _output:
