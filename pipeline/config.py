@@ -417,13 +417,6 @@ class VocabTrimConfig(_Section):
         "so rare words (names) keep a similar piece's meaning instead of being re-split; the ONNX "
         "graph stores only the kept rows and looks ids up through a remap table.",
     )
-    share_rows_from: Literal["start", "end"] = Field(
-        "end",
-        description="With share_rows: when the rows are chosen. end: after training, from the trained "
-        "rows. start: before training, from the student's first rows; every piece then reads its "
-        "shared row while the student trains, so the kept rows learn to serve the pieces that read "
-        "them and the model trained is the model shipped.",
-    )
 
 
 class BudgetConfig(_Section):

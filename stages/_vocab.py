@@ -212,21 +212,6 @@ def shared_row_plan(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_to
     return kept, position
 
 
-def read_shared_rows(model: PreTrainedModel, kept: list[int], position: np.ndarray):
-    """Train with shared rows (share_rows_from: start): every id looks up the row it will share
-    once trained (its own if kept, else its nearest kept piece's), so a kept row's gradient sums
-    over every piece that reads it, as a tied weight's would. A forward pre-hook rather than a
-    compact embedding module keeps the checkpoints' shapes; `share_rows` with the same plan then
-    makes the full matrix hold exactly the rows trained. Returns the hook's handle."""
-    remap = torch.as_tensor(np.asarray(kept, dtype=np.int64))[torch.from_numpy(np.asarray(position, dtype=np.int64))]
-
-    def lookup(module, args):
-        ids, *rest = args
-        return (remap.to(ids.device)[ids], *rest)
-
-    return model.get_input_embeddings().register_forward_pre_hook(lookup)
-
-
 def share_rows(model: PreTrainedModel, kept: list[int], position: np.ndarray) -> None:
     """Make the PyTorch model read shared rows (the full-size matrix holds copies), so it predicts
     exactly what the compact ONNX graph will."""

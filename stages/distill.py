@@ -45,7 +45,6 @@ from stages._train import (
 from stages._vocab import (
     SHARED_ROWS_FILE,
     budget_token_ids,
-    read_shared_rows,
     retokenization,
     share_rows,
     shared_row_plan,
@@ -283,10 +282,6 @@ def run(ctx: StageContext) -> StageResult:
                      ctx.path("search_winner"))
     else:
         student = make_student(dcfg, teacher, id2label, tokenizer, task, budget)
-    shared = reading = None
-    if dcfg.trim_vocab.share_rows and dcfg.trim_vocab.share_rows_from == "start":
-        shared = start_shared_rows(ctx, task, raw, student, tokenizer)
-        reading = read_shared_rows(student, *shared)
     ctx.log.info(
         "student %.1fM parameters (%d layers) from a %.1fM teacher",
         student.num_parameters() / 1e6, student.config.num_hidden_layers, teacher.num_parameters() / 1e6,
@@ -310,14 +305,8 @@ def run(ctx: StageContext) -> StageResult:
     if budget is not None:
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/trimmed_size": float(len(budget.kept_ids)),
                     "vocab/validation_changed_share": info["trim_vocab"]["validation"]["changed_share"]}
-    elif reading is not None:  # trained reading the shared rows: its scores are the shipped model's
-        reading.remove()
-        share_rows(model, *shared)
-        info["trim_vocab"] = {"kept": len(shared[0]), "original": len(tokenizer), "mode": "shared rows from the start"}
-        metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/kept_rows": float(len(shared[0]))}
     elif dcfg.trim_vocab.share_rows:
         shared = plan_shared_rows(ctx, task, raw, model, tokenizer)
-        share_rows(model, *shared)
         info["trim_vocab"] = {"kept": len(shared[0]), "original": len(tokenizer), "mode": "shared rows"}
         metrics = rescored_after_sharing(trainer, splits, task, metrics)
         metrics |= {"vocab/original_size": float(len(tokenizer)), "vocab/kept_rows": float(len(shared[0]))}
@@ -359,23 +348,14 @@ def plan_budget_vocab(ctx: StageContext, task: Task, raw, tokenizer) -> tuple[Bu
     return budget, {"kept": len(kept), "original": len(tokenizer), "validation": report}
 
 
-def start_shared_rows(ctx: StageContext, task: Task, raw, student, tokenizer) -> tuple[list[int], np.ndarray]:
-    """The rows plan of share_rows_from: start, from the student's untrained rows; a student the
-    search trained comes with the plan it was trained with."""
-    if ctx.has("search_winner") and (ctx.path("search_winner") / SHARED_ROWS_FILE).is_file():
-        saved = np.load(ctx.path("search_winner") / SHARED_ROWS_FILE)
-        return saved["kept"].tolist(), saved["position"]
-    return plan_shared_rows(ctx, task, raw, student, tokenizer)
-
-
 def plan_shared_rows(ctx: StageContext, task: Task, raw, model, tokenizer) -> tuple[list[int], np.ndarray]:
-    """Which max_tokens rows of the student's embedding to keep, and the kept row every other piece
-    reads (its nearest by cosine); `share_rows` applies it (the PyTorch model then holds copies;
-    export stores only the kept rows)."""
+    """Keep max_tokens rows of the trained student's embedding and point every other piece at its
+    nearest kept row (the PyTorch model then holds copies; export stores only the kept rows)."""
     tcfg = ctx.cfg.distill.trim_vocab
     texts = domain_texts(ctx, task, raw, ("train",))
     weight = model.get_input_embeddings().weight.data.cpu()
     kept, position = shared_row_plan(tokenizer, texts, tcfg.max_tokens, weight, tcfg.keep_characters)
+    share_rows(model, kept, position)
     ctx.log.info("embedding rows: %d kept of %d; every other piece reads its nearest kept row",
                  len(kept), len(position))
     return kept, position

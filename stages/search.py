@@ -62,7 +62,7 @@ from stages._onnx import (
     time_calls,
 )
 from stages._train import configure_torch, evaluate
-from stages._vocab import SHARED_ROWS_FILE, read_shared_rows, share_rows, shared_row_plan
+from stages._vocab import share_rows, shared_row_plan
 from stages.distill import build_trainer, domain_texts, make_student, prepare_distillation
 from stages.tasks import get_task
 from stages.tasks.base import Task
@@ -281,15 +281,9 @@ class Search:
         return self.costs[key]
 
     def train(self, dcfg: DistillConfig, scratch: Path):
-        """The trained student and, with share_rows_from: start, the rows plan it was trained
-        reading and the hook that reads it (still on: scores taken now are the shared model's)."""
         ctx, task = self.trial_context(dcfg)
         budget, splits, _ = self.data_for(dcfg)
         model = self.student(dcfg, task, budget)
-        reading = None
-        if dcfg.trim_vocab.share_rows and dcfg.trim_vocab.share_rows_from == "start":
-            plan = self.shared_plan(dcfg, model)
-            reading = (plan, read_shared_rows(model, *plan))
         tok = budget.tokenizer if budget else self.tokenizer
         shutil.rmtree(scratch, ignore_errors=True)  # a trial is redone whole, never resumed
         trainer = build_trainer(ctx, task, dcfg, self.teacher, model, tok, splits["train"], splits["validation"],
@@ -297,7 +291,7 @@ class Search:
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-        return trainer, tok, splits, seconds, reading
+        return trainer, tok, splits, seconds
 
     # -- phases --------------------------------------------------------------------------------
     def proxy(self, trial) -> tuple[float, float]:
@@ -339,7 +333,7 @@ class Search:
                 raise optuna.TrialPruned("; ".join(broken))
             steps = max(1, round(self.full_steps(dcfg) * self.scfg.proxy_fraction))
             short = dcfg.model_copy(update={"max_steps": steps, "checkpoint_steps": steps})
-            trainer, _, splits, train_s, _ = self.train(short, self.ctx.scratch / "proxy")
+            trainer, _, splits, train_s = self.train(short, self.ctx.scratch / "proxy")
             metric = evaluate(trainer, splits["validation"], self.task)[self.task.primary_metric]
             record = replace(record, metric=metric, seconds=time.perf_counter() - start,
                              extra={"steps": steps, "train_s": train_s, "s_per_step": train_s / steps,
@@ -358,14 +352,11 @@ class Search:
         dcfg = candidate_config(self.cfg.distill, proxy.params, self.teacher.config)
         start = time.perf_counter()
         with self.ctx.tracker.child_run(f"final-{proxy.number}", proxy.params | {"phase": "final"}):
-            trainer, tok, splits, train_s, reading = self.train(dcfg, self.ctx.scratch / "final")
+            trainer, tok, splits, train_s = self.train(dcfg, self.ctx.scratch / "final")
             model = trainer.model.eval()
             fp32 = evaluate(trainer, splits["validation"], self.task)[self.task.primary_metric]
-            if reading is not None:  # the export must not trace the hook: share_rows below does its job
-                reading[1].remove()
             shipped = copy.deepcopy(model).cpu()
-            # share_rows_from: start keeps the plan it trained with; end plans from the trained rows
-            shared = reading[0] if reading is not None else self.shared_plan(dcfg, shipped)
+            shared = self.shared_plan(dcfg, shipped)
             if shared is not None:
                 share_rows(shipped, *shared)
             path = int8_graph(shipped, tok, self.ctx.scratch / "final-graph", self.task, self.cfg.export.opset, shared,
@@ -378,9 +369,6 @@ class Search:
             int8 = score(path, features, tok, self.ctx, self.task)[self.task.primary_metric]
             model.set_attn_implementation("sdpa")
             save_model(model, tok, self.finals_dir / str(proxy.number) / "model")
-            if shared is not None:  # the distill stage shares the winner's rows with this very plan
-                np.savez(self.finals_dir / str(proxy.number) / "model" / SHARED_ROWS_FILE,
-                         kept=np.asarray(shared[0]), position=shared[1])
             record = replace(proxy, phase="final", metric=int8, seconds=time.perf_counter() - start,
                              extra={"fp32_metric": fp32, "steps": self.full_steps(dcfg), "train_s": train_s,
                                     "proxy_metric": proxy.metric})

@@ -12,7 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -151,29 +150,3 @@ def test_a_budget_nobody_meets_fails_promote_naming_the_best_found(searched):
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert "search_budget" in out and "no student met the budget" in out.replace("\n", " ")
-
-
-def test_a_winner_trained_reading_shared_rows_ships_the_plan_it_trained_with(tiny_run, tmp_path):
-    """share_rows_from: start in the search: the final trains reading its shared rows, the winner
-    is saved with that plan, and the distill stage shares the winner's rows with it (not with a
-    plan of the trained rows), so its validation score is the one the search measured."""
-    copy_stages(tiny_run, tmp_path, ["data", "finetune"])
-    one = ("--set", "search.enabled=true", "--set", "search.space.layers=[2]",
-           "--set", "search.space.intermediate_size=[64]", "--set", "search.space.max_tokens=[200]",
-           "--set", "search.space.share_rows=[true]", "--set", "distill.trim_vocab.share_rows_from=start",
-           "--set", "search.proxy_trials=1", "--set", "search.finalists=1", "--set", "search.cpu_budget=100",
-           "--set", "search.budget.max_metric_drop=0.99", "--set", "search.timing_rounds=2",
-           "--set", "search.timing_iterations=5")
-    run_cli("run", "distill", *one, root=tmp_path)
-    rows = cli_status(tmp_path, *one)
-    result = json.loads((Path(rows["search"]["path"]) / "search.json").read_text())
-    [final] = [t for t in result["trials"] if t["phase"] == "final"]
-    assert result["chosen"]["number"] == final["number"] and final["params"]["share_rows"]
-    distill = Path(rows["distill"]["path"])
-    manifest = json.loads((distill / "manifest.json").read_text())
-    assert manifest["info"]["trim_vocab"]["mode"] == "shared rows from the start"
-    [winner_plan] = Path(rows["search"]["path"]).glob("**/shared_rows.npz")
-    shipped, trained = np.load(distill / "model" / "shared_rows.npz"), np.load(winner_plan)
-    assert (shipped["kept"] == trained["kept"]).all() and (shipped["position"] == trained["position"]).all()
-    metrics = json.loads((distill / "metrics.json").read_text())
-    assert metrics["eval/accuracy"] == pytest.approx(final["extra"]["fp32_metric"], abs=1e-9)
