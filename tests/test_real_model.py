@@ -20,6 +20,7 @@ def test_default_pipeline_on_the_real_teacher_with_few_steps(tmp_path):
         f"runtime.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "data.max_train_samples=256", "data.max_eval_samples=128",
         "finetune.max_steps=8", "distill.max_steps=8",
+        "search.enabled=false",  # default.yaml searches students; this test is about the real graph
         "quantize.max_metric_drop=0.05",
         "benchmark.iterations=5", "benchmark.warmup=1", "benchmark.throughput_iterations=1",
         "benchmark.sweep.enabled=false", "quantize.calibration_samples=32",
