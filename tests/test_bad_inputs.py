@@ -122,8 +122,8 @@ def test_a_missing_module_that_is_not_ours_to_install_still_raises():
 
 @pytest.mark.parametrize("argv", [["run", "all", "--no-such-option"], ["status", "--config"]])
 def test_a_usage_error_is_click_s_message_not_a_traceback(argv, capsys):
-    """typer 0.29 vendors click (typer._click): its usage errors must still print the usage line
-    and exit 2, whichever click the classes come from."""
+    """typer 0.29 vendors click (typer._click): its usage errors must still print click's error
+    line naming the option and exit 2, whichever click the classes come from."""
     from bertpress.cli import main
 
     with pytest.raises(SystemExit) as exit_info:

@@ -478,3 +478,15 @@ def test_static_tier_is_benchmarked_and_released_for_numpy_alone(rows, tmp_path)
     blocked = subprocess.run([*NO_TORCH, "predict", str(bundle), "x"], cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "BERTPRESS_BLOCK_ONNXRUNTIME": "1"}, timeout=120)
     assert blocked.returncode == 0, blocked.stderr  # no onnxruntime session either
+
+
+def test_the_fine_tuned_teacher_is_the_same_in_every_process(tmp_path):
+    """The sentence-embedding teacher stage (random init in tests, pair fine-tuning) is seeded like
+    every other: two processes, whatever their hash seeds, write the same teacher weights."""
+    weights = []
+    for hash_seed in ("1", "2"):
+        root = tmp_path / hash_seed
+        run_cli("run", "finetune", root=root, config="configs/tiny-sts.yaml", env={"PYTHONHASHSEED": hash_seed})
+        [model] = (root / "artifacts").glob("finetune/*/model/model.safetensors")
+        weights.append(model.read_bytes())
+    assert weights[0] == weights[1]
