@@ -505,11 +505,18 @@ class AugmentConfig(_Section):
     """Extra training inputs for distillation, labelled by the teacher's soft targets only."""
 
     enabled: bool = False
-    methods: list[Literal["mask", "delete_span", "swap"]] = Field(
-        default_factory=lambda: ["mask", "delete_span", "swap"]
+    methods: list[Literal["mask", "delete_span", "swap", "replace"]] = Field(
+        default_factory=lambda: ["mask", "delete_span", "swap"],
+        description="Edits that make the new texts, one per copy in turn. replace: TinyBERT's word "
+        "replacement (each word, with probability replace_prob, by one of its replace_candidates nearest "
+        "whole words in the teacher's input-embedding space).",
     )
     copies: int = Field(1, ge=1, le=20, description="New texts per training text.")
     mask_prob: float = Field(0.15, gt=0, lt=1)
+    replace_prob: float = Field(0.4, gt=0, lt=1, description="replace: the chance each word is replaced "
+                                "(TinyBERT's 0.4).")
+    replace_candidates: int = Field(15, ge=1, le=100, description="replace: nearest words to choose from "
+                                    "(TinyBERT's 15).")
     unlabeled_texts: str | None = Field(
         None, description="Unlabelled text the student also learns the teacher on: a file, one text per line "
         "(in-domain text is best), or builtin:general-english (about 120,000 sentences of public-domain and "

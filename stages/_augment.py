@@ -2,15 +2,23 @@
 
 The teacher labels them through its soft targets (the KD term); they carry no hard label. TinyBERT
 showed augmentation matters most for small students (4-task average 68.4 -> 75.6 with it). These are
-cheap word-level edits, seeded and pure so they can be tested and reproduced.
+word-level edits, seeded and pure so they can be tested and reproduced; `replace` is TinyBERT's
+word replacement, with each word's nearest whole words in the teacher's input-embedding space
+standing in for its GloVe neighbours (none ship offline; MiniLM's rows give "great" ->
+terrific, wonderful, excellent, ...).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Sequence
 
-METHODS = ("mask", "delete_span", "swap")
+import numpy as np
+
+METHODS = ("mask", "delete_span", "swap", "replace")
+WHOLE_WORD = re.compile(r"[a-z]{2,}")  # vocabulary pieces that are a word of their own
+AFFIXED = re.compile(r"(\W*)([A-Za-z]+)(\W*)")
 
 
 def mask_words(words: list[str], rng: random.Random, mask_token: str, prob: float) -> list[str]:
@@ -36,8 +44,59 @@ def swap_words(words: list[str], rng: random.Random, swaps: int = 1) -> list[str
     return out
 
 
-def augment_text(text: str, method: str, rng: random.Random, mask_token: str, mask_prob: float) -> str:
+def split_affixes(word: str) -> tuple[str, str, str]:
+    """("(great,") -> ("(", "great", ","): punctuation stuck to a word stays when it is replaced."""
+    match = AFFIXED.fullmatch(word)
+    return match.groups() if match else ("", "", "")
+
+
+def replace_words(words: list[str], rng: random.Random, neighbours: dict[str, list[str]],
+                  prob: float) -> list[str]:
+    """Each word with neighbours (punctuation around it aside) is swapped for a random one of them
+    with probability `prob` (at least one word when any can be)."""
+    parts = [split_affixes(w) for w in words]
+    known = [i for i, (_, core, _) in enumerate(parts) if neighbours.get(core.lower())]
+    picked = [i for i in known if rng.random() < prob] or (known and [rng.choice(known)])
+    out = list(words)
+    for i in picked:
+        before, core, after = parts[i]
+        new = rng.choice(neighbours[core.lower()])
+        out[i] = before + (new.capitalize() if core[:1].isupper() else new) + after
+    return out
+
+
+def text_words(text: str) -> set[str]:
+    """The words `replace` may swap in a text (lowercased, without punctuation)."""
+    return {core.lower() for core in (split_affixes(w)[1] for w in text.split()) if core}
+
+
+def word_neighbours(vocab: Sequence[str], embeddings: np.ndarray, words: Iterable[str], k: int,
+                    chunk: int = 2048) -> dict[str, list[str]]:
+    """The k nearest whole-word vocabulary pieces (cosine of embedding rows) of each of `words`
+    that is one; other words get none."""
+    whole = [i for i, piece in enumerate(vocab) if WHOLE_WORD.fullmatch(piece)]
+    rows = embeddings[whole].astype(np.float32)
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    where = {vocab[i]: n for n, i in enumerate(whole)}
+    asked = sorted({w.lower() for w in words} & where.keys())
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(asked), chunk):
+        part = asked[start:start + chunk]
+        sims = rows[[where[w] for w in part]] @ rows.T
+        for w, row in zip(part, sims, strict=True):
+            row[where[w]] = -np.inf  # not itself
+            top = np.argpartition(-row, k)[:k]
+            out[w] = [vocab[whole[j]] for j in top[np.argsort(-row[top], kind="stable")]]
+    return out
+
+
+def augment_text(text: str, method: str, rng: random.Random, mask_token: str, mask_prob: float,
+                 neighbours: dict[str, list[str]] | None = None, replace_prob: float = 0.4) -> str:
     words = text.split()
+    if method == "replace":
+        if neighbours is None:
+            raise ValueError("the replace augmentation needs word neighbours")
+        return " ".join(replace_words(words, rng, neighbours, replace_prob))
     if method == "mask":
         return " ".join(mask_words(words, rng, mask_token, mask_prob))
     if method == "delete_span":
@@ -49,7 +108,7 @@ def augment_text(text: str, method: str, rng: random.Random, mask_token: str, ma
 
 def augment_corpus(
     texts: Iterable[str], methods: Sequence[str], copies: int, seed: int, mask_token: str,
-    mask_prob: float = 0.15,
+    mask_prob: float = 0.15, neighbours: dict[str, list[str]] | None = None, replace_prob: float = 0.4,
 ) -> list[str]:
     """`copies` new texts per input, cycling through `methods`; duplicates of inputs are dropped."""
     rng = random.Random(seed)
@@ -58,7 +117,8 @@ def augment_corpus(
     out: list[str] = []
     for text in originals:
         for k in range(copies):
-            new = augment_text(text, methods[k % len(methods)], rng, mask_token, mask_prob)
+            new = augment_text(text, methods[k % len(methods)], rng, mask_token, mask_prob, neighbours,
+                               replace_prob)
             if new and new not in seen:
                 seen.add(new)
                 out.append(new)

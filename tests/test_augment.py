@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from stages._augment import augment_corpus, augment_text, delete_span, mask_words, swap_words
+from stages._augment import (
+    augment_corpus,
+    augment_text,
+    delete_span,
+    mask_words,
+    replace_words,
+    swap_words,
+    text_words,
+    word_neighbours,
+)
 from stages._losses import IGNORE_LABEL, distillation_loss, soft_target_kl
 
 WORDS = ["the", "film", "is", "a", "wonderful", "and", "moving", "piece"]
@@ -38,6 +48,33 @@ def test_swap_exchanges_two_adjacent_words():
     assert sorted(out) == sorted(WORDS)
 
 
+# Rows in 2-D: good/great/fine point one way, bad/awful the other, "##s" and "a" are not whole words.
+VOCAB = ["[PAD]", "good", "great", "bad", "awful", "##s", "a", "fine"]
+ROWS = np.array([[0, 0], [1, 0.1], [1, 0.2], [-1, 0.1], [-1, 0.3], [1, 0.12], [1, 0.11], [1, 0.5]])
+
+
+def test_neighbours_are_the_nearest_whole_words_by_cosine():
+    got = word_neighbours(VOCAB, ROWS, ["Good", "bad", "film", "##s"], k=2)
+    assert got == {"good": ["great", "fine"], "bad": ["awful", "fine"]}  # no self, no "##s" / "a"
+    assert word_neighbours(VOCAB, ROWS, ["bad"], k=1, chunk=1) == {"bad": ["awful"]}
+
+
+def test_replace_swaps_known_words_for_their_neighbours_and_always_one():
+    nb = {"good": ["great", "fine"], "bad": ["awful"]}
+    words = ["a", "good", "film", "and", "a", "bad", "end"]
+    out = replace_words(words, random.Random(0), nb, prob=0.999999)
+    assert out[1] in nb["good"] and out[5] == "awful" and [out[i] for i in (0, 2, 3, 4, 6)] == ["a", "film", "and", "a", "end"]
+    for seed in range(10):  # a tiny probability still replaces exactly one word
+        out = replace_words(words, random.Random(seed), nb, prob=1e-9)
+        assert sum(a != b for a, b in zip(words, out, strict=True)) == 1
+    assert replace_words(["no", "known", "word"], random.Random(0), nb, prob=0.9) == ["no", "known", "word"]
+    # Punctuation around a word stays, a capital too; "good-ish" is not one word.
+    assert replace_words(["(Bad,", "good-ish"], random.Random(0), nb, prob=0.999999) == ["(Awful,", "good-ish"]
+    assert text_words("A (good) film, good-ish.") == {"a", "good", "film"}
+    with pytest.raises(ValueError, match="needs word neighbours"):
+        augment_text("a good film", "replace", random.Random(0), "[MASK]", 0.1)
+
+
 def test_corpus_is_seeded_and_drops_copies_of_originals():
     texts = ["a good film", "a bad film", "fine"]
     one = augment_corpus(texts, ["mask", "delete_span", "swap"], copies=3, seed=1, mask_token="[MASK]")
@@ -46,6 +83,9 @@ def test_corpus_is_seeded_and_drops_copies_of_originals():
     assert not set(one) & set(texts) and len(one) == len(set(one))
     with pytest.raises(ValueError):
         augment_text("x y", "shuffle", random.Random(0), "[MASK]", 0.1)
+    nb = {"good": ["great"], "bad": ["awful"]}
+    replaced = augment_corpus(texts, ["replace"], copies=2, seed=1, mask_token="[MASK]", neighbours=nb)
+    assert replaced == ["a great film", "a awful film"]  # copies equal to one already made are dropped
 
 
 def test_unlabelled_rows_get_the_soft_loss_only():

@@ -251,6 +251,7 @@ def test_augmented_distillation(tiny, first_status):
     unlabeled = tiny / "unlabeled.txt"
     unlabeled.write_text("an utterly wonderful film\n\na tedious, lifeless script\n")
     overrides = ("--set", "distill.augment.enabled=true", "--set", "distill.augment.copies=2",
+                 "--set", "distill.augment.methods=[mask, replace]",
                  "--set", f"distill.augment.unlabeled_texts={unlabeled}")
     bertpress("run", "distill", *overrides, root=tiny)
     manifest = json.loads((Path(status(tiny, *overrides)["distill"]["path"]) / "manifest.json").read_text())

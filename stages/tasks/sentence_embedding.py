@@ -239,7 +239,7 @@ class SentenceEmbedding(Task):
         extra, info = [], None
         train_texts = list(dict.fromkeys(self.texts(raw["train"])))  # each sentence once
         if self.cfg.distill.augment.enabled:
-            extra, info = augmentation_texts(ctx, train_texts, teacher_tokenizer.mask_token)
+            extra, info = augmentation_texts(ctx, train_texts, teacher, teacher_tokenizer)
         out = DatasetDict()
         for name, split in raw.items():
             if name == "train":  # no label is needed: the target is the teacher's embedding

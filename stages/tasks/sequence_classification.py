@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from pipeline.config import DataConfig
 from pipeline.stage import StageError
-from stages._augment import augment_corpus
+from stages._augment import augment_corpus, text_words, word_neighbours
 from stages._corpus import unlabeled_texts
 from stages._hf import MODEL_INPUTS
 from stages._losses import IGNORE_LABEL, distillation_loss
@@ -107,7 +107,7 @@ class SequenceClassification(Task):
         seed = self.cfg.project.seed
         extra, info = [], None
         if self.cfg.distill.augment.enabled:
-            extra, info = augmentation_texts(ctx, list(raw["train"][TEXT]), teacher_tokenizer.mask_token)
+            extra, info = augmentation_texts(ctx, list(raw["train"][TEXT]), teacher, teacher_tokenizer)
         unlabelled = Dataset.from_dict({TEXT: extra, LABEL: [IGNORE_LABEL] * len(extra)})
         out = DatasetDict()
         for name, split in raw.items():
@@ -349,11 +349,19 @@ def drop_far_too_long(splits: DatasetDict, tokenizer, cfg, cleaning: dict, log) 
 # Distillation inputs
 
 
-def augmentation_texts(ctx, train_texts: list[str], mask_token: str) -> tuple[list[str], dict]:
+def augmentation_texts(ctx, train_texts: list[str], teacher, teacher_tokenizer) -> tuple[list[str], dict]:
     """New inputs made from the training texts, plus the unlabelled in-domain file."""
     acfg = ctx.cfg.distill.augment
+    neighbours = None
+    if "replace" in acfg.methods:
+        vocab = teacher_tokenizer.convert_ids_to_tokens(list(range(len(teacher_tokenizer))))
+        rows = teacher.get_input_embeddings().weight.detach().float().cpu().numpy()[:len(vocab)]
+        words = set().union(*map(text_words, train_texts))
+        neighbours = word_neighbours(vocab, rows, words, acfg.replace_candidates)
+        ctx.log.info("augmentation: neighbours for %d of %d distinct training words", len(neighbours), len(words))
     extra = augment_corpus(train_texts, acfg.methods, acfg.copies, ctx.cfg.project.seed,
-                           mask_token, acfg.mask_prob) if acfg.methods else []
+                           teacher_tokenizer.mask_token, acfg.mask_prob, neighbours,
+                           acfg.replace_prob) if acfg.methods else []
     unlabeled = 0
     if acfg.unlabeled_texts is not None:
         lines = unlabeled_texts(acfg.unlabeled_texts, acfg.max_unlabeled, ctx.cfg.project.seed)
