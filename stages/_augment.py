@@ -74,7 +74,10 @@ def word_neighbours(vocab: Sequence[str], embeddings: np.ndarray, words: Iterabl
                     chunk: int = 2048) -> dict[str, list[str]]:
     """The k nearest whole-word vocabulary pieces (cosine of embedding rows) of each of `words`
     that is one; other words get none."""
-    whole = [i for i, piece in enumerate(vocab) if WHOLE_WORD.fullmatch(piece)]
+    whole = [i for i, piece in enumerate(vocab[:len(embeddings)]) if WHOLE_WORD.fullmatch(piece)]
+    k = min(k, len(whole) - 1)  # a small vocabulary has fewer candidates than asked for
+    if k < 1:
+        return {}
     rows = embeddings[whole].astype(np.float32)
     rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     where = {vocab[i]: n for n, i in enumerate(whole)}

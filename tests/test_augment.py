@@ -57,6 +57,8 @@ def test_neighbours_are_the_nearest_whole_words_by_cosine():
     got = word_neighbours(VOCAB, ROWS, ["Good", "bad", "film", "##s"], k=2)
     assert got == {"good": ["great", "fine"], "bad": ["awful", "fine"]}  # no self, no "##s" / "a"
     assert word_neighbours(VOCAB, ROWS, ["bad"], k=1, chunk=1) == {"bad": ["awful"]}
+    assert word_neighbours(VOCAB, ROWS, ["bad"], k=50)["bad"] == ["awful", "fine", "great", "good"]  # all there are
+    assert word_neighbours(["[PAD]", "good"], ROWS[:2], ["good"], k=15) == {}  # nothing to swap with
 
 
 def test_replace_swaps_known_words_for_their_neighbours_and_always_one():

@@ -355,7 +355,7 @@ def augmentation_texts(ctx, train_texts: list[str], teacher, teacher_tokenizer) 
     neighbours = None
     if "replace" in acfg.methods:
         vocab = teacher_tokenizer.convert_ids_to_tokens(list(range(len(teacher_tokenizer))))
-        rows = teacher.get_input_embeddings().weight.detach().float().cpu().numpy()[:len(vocab)]
+        rows = teacher.get_input_embeddings().weight.detach().float().cpu().numpy()
         words = set().union(*map(text_words, train_texts))
         neighbours = word_neighbours(vocab, rows, words, acfg.replace_candidates)
         ctx.log.info("augmentation: neighbours for %d of %d distinct training words", len(neighbours), len(words))
