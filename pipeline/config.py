@@ -737,6 +737,10 @@ class BenchmarkConfig(_Section):
         "on real inputs, taking turns for this many rounds of `iterations` calls each, so their speed-up is "
         "a ratio measured under the same machine load (each variant's own row is timed in one block, and a "
         "burst of load on a shared machine can hit one block and not the other); 0: off.")
+    bootstrap_resamples: int = Field(
+        10_000, ge=0, description="Each variant's primary-metric gap to the teacher gets a 95% paired "
+        "bootstrap interval from this many resamples of the test examples (tasks whose metric is a mean "
+        "over examples: accuracy), so a table says which gaps this test set can tell apart; 0: off.")
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ from stages._onnx import (
     session_feed,
     time_calls,
 )
+from stages._stats import paired_bootstrap_gap
 from stages.tasks import get_task
 from stages.tasks.base import Task, predict_rows
 
@@ -141,14 +142,17 @@ def retrieval_timings(encode: Callable[[list[str]], np.ndarray], documents: list
             "query_p99_ms": stats["p99_ms"], f"hnsw_recall_at_{k}_vs_exact": recall}
 
 
-def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> tuple[dict[str, object], list[np.ndarray]]:
-    """The variant's test metrics and timings, and its outputs on the test rows."""
+def measure(variant: Variant, test, texts: list, bcfg, task: Task,
+            log) -> tuple[dict[str, object], list[np.ndarray], np.ndarray | None]:
+    """The variant's test metrics and timings, its outputs on the test rows, and its per-example
+    scores (None where the task's metric is not a mean over examples)."""
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
     # One row at a time through dynamic INT8, whose outputs depend on their batch-mates.
     batch_size = rows_per_batch(variant.path) if variant.runtime.startswith("onnxruntime") else 64
     rows = predict_rows(variant.predict, features, tokenizer, batch_size=batch_size, desc=f"{variant.name} on test")
     result: dict[str, object] = task.metrics(rows, features)
+    scores = task.example_scores(rows, features)
     corpus = task.corpus_texts(test)
     if corpus is not None:  # retrieval: what indexing the corpus and answering a query cost
         result["retrieval"] = retrieval_timings(batched_encoder(variant, tokenizer, task.cfg.data.max_length),
@@ -177,7 +181,7 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task, log) -> tuple
         result["throughput_real"][str(size)] = size / (np.median(ms) / 1000.0)
     log.info("%-22s %s %.4f  p50 %.2f ms (real)  %.1f MB", variant.name, task.primary_metric,
              result[task.primary_metric], result["latency_real"]["p50_ms"], variant.size_mb)
-    return result, rows
+    return result, rows, scores
 
 
 def measure_static(folder: Path, test, texts: list, bcfg, task: Task, log) -> tuple[dict, list[np.ndarray]]:
@@ -359,10 +363,13 @@ def run(ctx: StageContext) -> StageResult:
 
     results: dict[str, dict] = {}
     rows: dict[str, list[np.ndarray]] = {}  # each variant's test outputs, for the agreement with the teacher
+    scores: dict[str, np.ndarray] = {}  # each variant's per-example scores, for its gap to the teacher
     for name, make in builders.items():
         before = rss_mb()
         variant = make(None)  # built one at a time so only one model is resident while timing
-        results[name], rows[name] = measure(variant, test, texts, bcfg, task, ctx.log)
+        results[name], rows[name], example_scores = measure(variant, test, texts, bcfg, task, ctx.log)
+        if example_scores is not None:
+            scores[name] = example_scores
         results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
         del variant
     if ctx.has("static_model"):  # the Model2Vec tier: texts in, vectors out, numpy only
@@ -375,6 +382,9 @@ def run(ctx: StageContext) -> StageResult:
     for name, compared in agreement.items():
         if compared:
             results[name]["agreement_with_teacher"] = compared
+    gaps = quality_gaps(scores, reference, bcfg.bootstrap_resamples, cfg.project.seed)
+    for name, gap in gaps.items():
+        results[name]["gap_to_teacher"] = gap
     sweeps: dict[str, dict] = {}
     if bcfg.sweep.enabled:
         for name in bcfg.sweep.variants:
@@ -402,6 +412,7 @@ def run(ctx: StageContext) -> StageResult:
         report["references"] = references
         save_json(ctx.out / "benchmark.json", report)
     extra = (head_to_head_markdown(paired) + references_markdown(references, labels)
+             + gap_markdown(gaps, reference, labels[metric], bcfg.bootstrap_resamples)
              + agreement_markdown(results, reference) + retrieval_markdown(results))
     extra += f"\n## Sweep\n{sweep_markdown(sweeps)}" if sweeps else ""
     search = ctx.read_json("search_result")
@@ -427,6 +438,8 @@ def run(ctx: StageContext) -> StageResult:
         metrics[f"bench/{name}/latency_p99_ms"] = r["latency_real"]["p99_ms"]
         metrics[f"bench/{name}/memory_mb"] = r["memory_mb"]
         metrics |= {f"bench/{name}/teacher_{k}": v for k, v in r.get("agreement_with_teacher", {}).items()}
+        metrics |= {f"bench/{name}/gap_to_teacher_{k}": v for k, v in r.get("gap_to_teacher", {}).items()
+                    if k in ("gap", "low", "high")}
         metrics |= {f"bench/{name}/retrieval_{k}": v for k, v in r.get("retrieval", {}).items()}
         for size, per_s in r.get("throughput_real", {}).items():
             metrics[f"bench/{name}/throughput_real_per_s_bs{size}"] = per_s
@@ -504,6 +517,30 @@ def retrieval_markdown(results: dict[str, dict]) -> str:
              "|---|---|---|---|---|"]
     lines += [f"| {n} | {v['index_build_s']:.2f} | {v['query_p50_ms']:.2f} | {v['query_p99_ms']:.2f} | {v[recall]:.4f} |"
               for n, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def quality_gaps(scores: dict[str, np.ndarray], reference: str, resamples: int, seed: int) -> dict[str, dict]:
+    """Each variant's primary-metric gap to the reference teacher, with its paired bootstrap
+    interval; {} when the task has no per-example scores or the bootstrap is off."""
+    if not resamples or reference not in scores:
+        return {}
+    return {name: paired_bootstrap_gap(scores[reference], s, resamples, seed)
+            for name, s in scores.items() if name != reference}
+
+
+def gap_markdown(gaps: dict[str, dict], reference: str, label: str, resamples: int) -> str:
+    """The gaps in points, and what the interval's width means for a quality target."""
+    if not gaps:
+        return ""
+    lines = [f"\n## Gap to {reference} ({label}, points; paired bootstrap, {resamples} resamples)\n",
+             "| variant | gap | 95% interval | examples scored differently |", "|---|---|---|---|"]
+    lines += [f"| {n} | {100 * g['gap']:+.2f} | [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}] | "
+              f"{g['differ']:.1%} |" for n, g in gaps.items()]
+    half = max(50 * (g["high"] - g["low"]) for g in gaps.values())
+    lines.append(f"\nPositive: below the teacher. On these {int(next(iter(gaps.values()))['examples'])} test "
+                 f"examples a gap is known to within about +-{half:.2f} points: a target tighter than that "
+                 "cannot be confirmed (or refuted) by one benchmark run.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Pure pieces of the benchmark: the Pareto front and the sweep-table layout."""
+"""Pure pieces of the benchmark: the Pareto front, the sweep-table layout, the gap intervals."""
 
 from stages.benchmark import pareto_front, sweep_markdown
 
@@ -142,3 +142,46 @@ def test_int8_builds_drop_onnxruntimes_preprocess_advice_and_only_it(tmp_path, c
     said = [r.getMessage() for r in caplog.records]
     assert [m for m in said if "pre-processing" in m] == [
         "Please consider to run pre-processing before quantization (after the build)"]
+
+
+def test_paired_bootstrap_gap_closed_forms():
+    import numpy as np
+    import pytest
+
+    from stages._stats import paired_bootstrap_gap
+
+    same = paired_bootstrap_gap([1, 0, 1, 1], [1, 0, 1, 1], resamples=200)
+    assert same == {"gap": 0.0, "low": 0.0, "high": 0.0, "differ": 0.0, "examples": 4.0}
+    # Every example right for one, wrong for the other: every resample's gap is exactly 1.
+    whole = paired_bootstrap_gap(np.ones(50), np.zeros(50), resamples=200)
+    assert (whole["gap"], whole["low"], whole["high"], whole["differ"]) == (1.0, 1.0, 1.0, 1.0)
+    # 2,000 examples, the models differing on 10%, half each way: the gap is 0 and the interval
+    # is the normal one, +-1.96 * sqrt(0.1 / n) (the differences are +-1 with variance 0.1).
+    n = 2000
+    reference = np.zeros(n)
+    reference[:100] = 1
+    other = np.zeros(n)
+    other[100:200] = 1
+    got = paired_bootstrap_gap(reference, other, resamples=4000, seed=1)
+    half = 1.96 * np.sqrt(0.1 / n)
+    assert got["gap"] == 0.0 and got["differ"] == pytest.approx(0.1)
+    assert got["low"] == pytest.approx(-half, rel=0.1) and got["high"] == pytest.approx(half, rel=0.1)
+    # Paired: a shared hard half of the examples adds no width (unpaired resampling would).
+    hard = np.concatenate([np.zeros(n), reference])
+    assert paired_bootstrap_gap(hard, np.concatenate([np.zeros(n), other]), 4000, 1)["high"] < half
+    assert paired_bootstrap_gap(reference, other, 300, seed=7) == paired_bootstrap_gap(reference, other, 300, seed=7)
+    for bad in (([], []), ([1, 0], [1])):
+        with pytest.raises(ValueError):
+            paired_bootstrap_gap(*bad)
+
+
+def test_gap_markdown_states_the_resolution():
+    from stages.benchmark import gap_markdown, quality_gaps
+
+    scores = {"teacher-onnx": [1.0] * 8 + [0.0] * 2, "student-int8": [1.0] * 7 + [0.0] * 3}
+    gaps = quality_gaps(scores, "teacher-onnx", 500, 0)
+    assert list(gaps) == ["student-int8"] and gaps["student-int8"]["gap"] == 0.1
+    assert quality_gaps(scores, "teacher-onnx", 0, 0) == {} and quality_gaps(scores, "teacher-pytorch", 500, 0) == {}
+    text = gap_markdown(gaps, "teacher-onnx", "accuracy", 500)
+    assert "| student-int8 | +10.00 | [" in text and "10 test examples" in text and "10.0% |" in text
+    assert gap_markdown({}, "teacher-onnx", "accuracy", 500) == ""

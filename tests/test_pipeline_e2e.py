@@ -148,6 +148,16 @@ def test_benchmark_report(first_status):
     v = report["variants"]
     assert v["student-onnx"]["accuracy"] == pytest.approx(v["student-pytorch"]["accuracy"])
     assert "| student-int8 |" in (path / "results.md").read_text()
+    # Each variant's accuracy gap to the teacher, with a paired bootstrap interval around it.
+    for name, r in v.items():
+        if name == "teacher-pytorch":
+            assert "gap_to_teacher" not in r
+            continue
+        gap = r["gap_to_teacher"]
+        assert gap["gap"] == pytest.approx(v["teacher-pytorch"]["accuracy"] - r["accuracy"])
+        assert gap["low"] <= gap["gap"] <= gap["high"] and gap["examples"] == report["test_examples"]
+        assert manifest["metrics"][f"bench/{name}/gap_to_teacher_high"] == pytest.approx(gap["high"])
+    assert "## Gap to teacher-pytorch (accuracy, points; paired bootstrap" in (path / "results.md").read_text()
     # The shipped student and the stock INT8 teacher timed again, taking turns: the speed-up is the
     # ratio of their medians over the rounds, in the report, the table and MLflow.
     paired = report["head_to_head"]
