@@ -739,8 +739,9 @@ class BenchmarkConfig(_Section):
         "burst of load on a shared machine can hit one block and not the other); 0: off.")
     bootstrap_resamples: int = Field(
         10_000, ge=0, description="Each variant's primary-metric gap to the teacher gets a 95% paired "
-        "bootstrap interval from this many resamples of the test examples (tasks whose metric is a mean "
-        "over examples: accuracy), so a table says which gaps this test set can tell apart; 0: off.")
+        "bootstrap interval from this many resamples of the test examples (where the metric is a mean over "
+        "them: accuracy, QA F1, passage-retrieval nDCG), so a table says which gaps this test set can tell "
+        "apart; 0: off.")
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")

@@ -108,6 +108,9 @@ def test_benchmark_has_the_stock_optimum_qa_model_and_squad_metrics(rows):
     assert v["teacher-stock-int8"]["f1"] > 0.5  # Optimum's start/end outputs, read by the same span search
     assert v["student-onnx"]["f1"] == pytest.approx(v["student-pytorch"]["f1"])
     assert "| test F1 | test EM |" in (path / "results.md").read_text()
+    gap = v["student-int8"]["gap_to_teacher"]  # F1 is a mean over questions: an interval around its gap
+    assert gap["gap"] == pytest.approx(v[report["baseline"]]["f1"] - v["student-int8"]["f1"])
+    assert gap["low"] <= gap["gap"] <= gap["high"] and "## Gap to" in (path / "results.md").read_text()
     baseline_path, _ = manifest(rows, "baseline")
     stock = ort.InferenceSession(str(next((baseline_path / "int8").glob("*.onnx"))), providers=["CPUExecutionProvider"])
     assert {o.name for o in stock.get_outputs()} == {"start_logits", "end_logits"}

@@ -431,6 +431,13 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
     assert bench["primary_metric"] == metric
     for variant in ("teacher-stock-int8", "student-int8"):
         assert -1 <= bench["variants"][variant][metric] <= 1
+    teacher, gaps = bench["variants"][bench["baseline"]], [v.get("gap_to_teacher") for v in bench["variants"].values()]
+    if "retrieval" in config:  # nDCG is a mean over queries: each variant's gap gets an interval
+        gap = bench["variants"]["student-int8"]["gap_to_teacher"]
+        assert gap["gap"] == pytest.approx(teacher[metric] - bench["variants"]["student-int8"][metric])
+        assert gap["low"] <= gap["gap"] <= gap["high"]
+    else:  # Spearman is not: no interval is claimed
+        assert gaps == [None] * len(gaps)
     release = json.loads((Path(rows["release"]["path"]) / "manifest.json").read_text())
     assert f"release/runtime_test_{metric}" in release["metrics"]
     distilled = json.loads((Path(rows["distill"]["path"]) / "manifest.json").read_text())["info"]

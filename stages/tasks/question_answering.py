@@ -28,6 +28,7 @@ from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from bertpress.tasks.question_answering import best_spans, squad_scores
+from bertpress.tasks.question_answering import f1 as answer_f1
 from pipeline.stage import StageError
 from stages._losses import span_cross_entropy, span_distillation_loss
 from stages._tables import SPLITS, file_splits, load_hub, read_table
@@ -184,6 +185,11 @@ class QuestionAnswering(Task):
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
         found = self.predictions(rows, features)
         return squad_scores([p for p, _ in found.values()], [g for _, g in found.values()])
+
+    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray:
+        """Each question's F1 (the max over its gold answers), in question order: their mean is F1."""
+        found = self.predictions(rows, features)
+        return np.asarray([max(answer_f1(found[e][0], g) for g in found[e][1]) for e in sorted(found)])
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,

@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 from bertpress.embeddings import l2_normalize, mean_pool
 from bertpress.ranking import (
     label_retrieval_metrics,
+    ndcg_at_k,
     retrieval_metrics,
     spearman,
     top_k_dot,
@@ -196,6 +197,15 @@ class SentenceEmbedding(Task):
         if self.kind == "retrieval":
             return passage_retrieval_metrics(vectors, labels, np.asarray(roles), self.k)
         return label_retrieval_metrics(vectors, labels, self.k)
+
+    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray | None:
+        """Passage retrieval: each query's nDCG@k (their mean is the primary metric); Spearman and
+        retrieval by label are not per-query means of this kind."""
+        if self.kind != "retrieval":
+            return None
+        rankings, q_groups = passage_rankings(np.stack(rows), np.asarray(features["labels"]),
+                                              np.asarray(features[ed.ROLE]), self.k)
+        return np.asarray([ndcg_at_k(r, {g}, self.k) for r, g in zip(rankings, q_groups, strict=True)])
 
     def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
         return embedding_agreement(np.stack(reference), np.stack(rows), self.k)
@@ -411,12 +421,17 @@ def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 def passage_retrieval_metrics(vectors: np.ndarray, groups: np.ndarray, roles: np.ndarray, k: int) -> dict[str, float]:
     """Query rows (role 0) against document rows (role 1) by dot product; a query's relevant
     documents are those of its group."""
-    queries, documents = vectors[roles == ed.QUERY], vectors[roles == ed.DOCUMENT]
-    q_groups, d_groups = groups[roles == ed.QUERY], groups[roles == ed.DOCUMENT]
-    top, _ = top_k_dot(queries, documents, max(100, k))
-    rankings = [list(d_groups[row]) for row in top]
+    rankings, q_groups = passage_rankings(vectors, groups, roles, max(100, k))
     judged = retrieval_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
     return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
+
+
+def passage_rankings(vectors: np.ndarray, groups: np.ndarray, roles: np.ndarray, depth: int) -> tuple[list, np.ndarray]:
+    """Each query row's top `depth` documents (as their groups) by dot product, and the queries' groups."""
+    queries, documents = vectors[roles == ed.QUERY], vectors[roles == ed.DOCUMENT]
+    q_groups, d_groups = groups[roles == ed.QUERY], groups[roles == ed.DOCUMENT]
+    top, _ = top_k_dot(queries, documents, depth)
+    return [list(d_groups[row]) for row in top], q_groups
 
 
 def finetune_on_pairs(ctx: StageContext, task: SentenceEmbedding, teacher, tokenizer, splits: DatasetDict):
