@@ -740,8 +740,8 @@ class BenchmarkConfig(_Section):
     bootstrap_resamples: int = Field(
         10_000, ge=0, description="Each variant's primary-metric gap to the teacher gets a 95% paired "
         "bootstrap interval from this many resamples of the test examples (where the metric is a mean over "
-        "them: accuracy, QA F1, passage-retrieval nDCG), so a table says which gaps this test set can tell "
-        "apart; 0: off.")
+        "them: accuracy, QA F1, passage-retrieval nDCG, re-ranking MRR), so a table says which gaps this test "
+        "set can tell apart; 0: off.")
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")

@@ -111,6 +111,9 @@ def test_benchmark_has_the_stock_optimum_model_and_pair_throughput(rows):
     for r in v.values():
         assert 0 <= r["recall_at_1"] <= r["mrr_at_5"] <= 1 and r["throughput_real"]["32"] > 0
     assert v["student-onnx"]["mrr_at_5"] == pytest.approx(v["student-pytorch"]["mrr_at_5"], abs=0.02)
+    gap = v["student-int8"]["gap_to_teacher"]  # MRR is a mean over queries: an interval around the gap
+    assert gap["gap"] == pytest.approx(v[report["baseline"]]["mrr_at_5"] - v["student-int8"]["mrr_at_5"])
+    assert gap["low"] <= gap["gap"] <= gap["high"]
     table = (path / "results.md").read_text()
     assert "| test MRR@5 | test nDCG@5 | test R@1 | test MRR@5 (cross-encoder alone) |" in table
     assert "| retriever-alone |" in table

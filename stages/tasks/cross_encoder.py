@@ -177,16 +177,30 @@ class CrossEncoder(Task):
         scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
         return self._ranking(features, scores)
 
+    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray:
+        """Each judged query's MRR@k, from the ranking the primary metric reads (fused with the
+        retriever's scores when `_ranking` fuses them)."""
+        scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
+        fused = self._fused(features, scores)
+        return rd.query_mrr(features, scores if fused is None else fused, self.k)
+
     def _ranking(self, split: Dataset, scores: np.ndarray) -> dict[str, float]:
         """The candidates ranked by the cross-encoder's scores, fused with the retriever's when
         task.retriever_weight > 0 and the split has them (then the cross-encoder alone is beside it,
         its keys prefixed cross_encoder_)."""
         alone = rd.ranking_of(split, scores=scores, k=self.k)
+        fused = self._fused(split, scores)
+        if fused is None:
+            return alone
+        return rd.ranking_of(split, scores=fused, k=self.k) | {ALONE + key: v for key, v in alone.items()}
+
+    def _fused(self, split: Dataset, scores: np.ndarray) -> np.ndarray | None:
+        """The cross-encoder's scores fused with the retriever's, or None when not fusing
+        (task.retriever_weight 0, or a split without retriever scores)."""
         retriever = np.asarray(split[rd.RETRIEVER_SCORE], dtype=np.float64)
         if not self.retriever_weight or np.isnan(retriever).any():
-            return alone
-        fused = fuse_scores(scores, retriever, self.retriever_weight, split[rd.QUERY_ID])
-        return rd.ranking_of(split, scores=fused, k=self.k) | {ALONE + key: v for key, v in alone.items()}
+            return None
+        return fuse_scores(scores, retriever, self.retriever_weight, split[rd.QUERY_ID])
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,

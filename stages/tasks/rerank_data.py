@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from bertpress.ranking import retrieval_metrics, top_k_dot
+from bertpress.ranking import mrr_at_k, retrieval_metrics, top_k_dot
 from pipeline.stage import StageError
 
 log = logging.getLogger("bertpress.data")
@@ -177,6 +177,20 @@ def ranking_of(rows: list[dict] | Dataset, score_column: str | None = None, scor
     nDCG@k, Recall@1 and Recall@k, each query judged by its relevant ids and gains."""
     if scores is None:
         scores = np.asarray([r[score_column] for r in rows] if isinstance(rows, list) else rows[score_column])
+    rankings, judgments = query_rankings(rows, scores)
+    judged = retrieval_metrics(rankings, judgments, recall_ks=(1, k), k=k)
+    return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
+
+
+def query_mrr(rows: list[dict] | Dataset, scores: np.ndarray, k: int) -> np.ndarray:
+    """Each judged query's MRR@k (the queries `ranking_of` averages, in the same order)."""
+    rankings, judgments = query_rankings(rows, scores)
+    return np.asarray([mrr_at_k(r, j, k) for r, j in zip(rankings, judgments, strict=True) if any(
+        g > 0 for g in j.values())])
+
+
+def query_rankings(rows: list[dict] | Dataset, scores: np.ndarray) -> tuple[list[list], list[dict]]:
+    """Per query (in first-appearance order): its candidate ids ordered by `scores`, and its judgments."""
     queries, docs = _column(rows, QUERY_ID), _column(rows, DOC_ID)
     relevant, gains = _column(rows, RELEVANT), _column(rows, GAINS)
     members: dict[int, list[int]] = {}
@@ -188,8 +202,7 @@ def ranking_of(rows: list[dict] | Dataset, score_column: str | None = None, scor
         rankings.append([docs[i] for i in ranked])
         first = rows_of_query[0]
         judgments.append(dict(zip(relevant[first], gains[first], strict=True)))
-    judged = retrieval_metrics(rankings, judgments, recall_ks=(1, k), k=k)
-    return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
+    return rankings, judgments
 
 
 def _column(rows: list[dict] | Dataset, name: str) -> list:
