@@ -151,8 +151,7 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task,
     # One row at a time through dynamic INT8, whose outputs depend on their batch-mates.
     batch_size = rows_per_batch(variant.path) if variant.runtime.startswith("onnxruntime") else 64
     rows = predict_rows(variant.predict, features, tokenizer, batch_size=batch_size, desc=f"{variant.name} on test")
-    result: dict[str, object] = task.metrics(rows, features)
-    scores = task.example_scores(rows, features)
+    result, scores = task.evaluate(rows, features)
     corpus = task.corpus_texts(test)
     if corpus is not None:  # retrieval: what indexing the corpus and answering a query cost
         result["retrieval"] = retrieval_timings(batched_encoder(variant, tokenizer, task.cfg.data.max_length),

@@ -153,11 +153,11 @@ class Task:
         names = {i.name for i in session.get_inputs()}
         return lambda batch: session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
 
-    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray | None:
-        """Per-example values whose mean is the primary metric, for the benchmark's paired
-        bootstrap of each variant's gap to the teacher; None where the metric is not a mean over
-        examples (entity F1, Spearman)."""
-        return None
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray | None]:
+        """`metrics`, and per-example values whose mean is the primary metric (for the benchmark's
+        paired bootstrap of each variant's gap to the teacher), from one pass over the outputs;
+        None where the metric is not a mean over examples (entity F1, Spearman)."""
+        return self.metrics(rows, features), None
 
     def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
         """How close one model's outputs are to a reference's on the same inputs (INT8 vs fp32,

@@ -177,12 +177,12 @@ class CrossEncoder(Task):
         scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
         return self._ranking(features, scores)
 
-    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray:
-        """Each judged query's MRR@k, from the ranking the primary metric reads (fused with the
-        retriever's scores when `_ranking` fuses them)."""
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray]:
+        """The metrics, and each judged query's MRR@k from the ranking the primary metric reads
+        (fused with the retriever's scores when `_ranking` fuses them)."""
         scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
         fused = self._fused(features, scores)
-        return rd.query_mrr(features, scores if fused is None else fused, self.k)
+        return self._ranking(features, scores), rd.query_mrr(features, scores if fused is None else fused, self.k)
 
     def _ranking(self, split: Dataset, scores: np.ndarray) -> dict[str, float]:
         """The candidates ranked by the cross-encoder's scores, fused with the retriever's when

@@ -183,13 +183,15 @@ class QuestionAnswering(Task):
         return out
 
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
-        found = self.predictions(rows, features)
-        return squad_scores([p for p, _ in found.values()], [g for _, g in found.values()])
+        return self.evaluate(rows, features)[0]
 
-    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray:
-        """Each question's F1 (the max over its gold answers), in question order: their mean is F1."""
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray]:
+        """SQuAD's scores and each question's F1 (the max over its gold answers; their mean is F1),
+        from one span search."""
         found = self.predictions(rows, features)
-        return np.asarray([max(answer_f1(found[e][0], g) for g in found[e][1]) for e in sorted(found)])
+        answers, golds = [found[e][0] for e in sorted(found)], [found[e][1] for e in sorted(found)]
+        per_question = np.asarray([max(answer_f1(a, g) for g in gold) for a, gold in zip(answers, golds, strict=True)])
+        return squad_scores(answers, golds), per_question
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,

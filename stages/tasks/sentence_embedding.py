@@ -198,14 +198,15 @@ class SentenceEmbedding(Task):
             return passage_retrieval_metrics(vectors, labels, np.asarray(roles), self.k)
         return label_retrieval_metrics(vectors, labels, self.k)
 
-    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray | None:
-        """Passage retrieval: each query's nDCG@k (their mean is the primary metric); Spearman and
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray | None]:
+        """Passage retrieval adds each query's nDCG@k (their mean is the primary metric); Spearman and
         retrieval by label are not per-query means of this kind."""
         if self.kind != "retrieval":
-            return None
-        rankings, q_groups = passage_rankings(np.stack(rows), np.asarray(features["labels"]),
-                                              np.asarray(features[ed.ROLE]), self.k)
-        return np.asarray([ndcg_at_k(r, {g}, self.k) for r, g in zip(rankings, q_groups, strict=True)])
+            return self.metrics(rows, features), None
+        vectors, groups, roles = np.stack(rows), np.asarray(features["labels"]), np.asarray(features[ed.ROLE])
+        rankings, q_groups = passage_rankings(vectors, groups, roles, max(100, self.k))  # one search for both
+        return (ranked_passage_metrics(rankings, q_groups, self.k),
+                np.asarray([ndcg_at_k(r, {g}, self.k) for r, g in zip(rankings, q_groups, strict=True)]))
 
     def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
         return embedding_agreement(np.stack(reference), np.stack(rows), self.k)
@@ -421,7 +422,11 @@ def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 def passage_retrieval_metrics(vectors: np.ndarray, groups: np.ndarray, roles: np.ndarray, k: int) -> dict[str, float]:
     """Query rows (role 0) against document rows (role 1) by dot product; a query's relevant
     documents are those of its group."""
-    rankings, q_groups = passage_rankings(vectors, groups, roles, max(100, k))
+    return ranked_passage_metrics(*passage_rankings(vectors, groups, roles, max(100, k)), k)
+
+
+def ranked_passage_metrics(rankings: list, q_groups: np.ndarray, k: int) -> dict[str, float]:
+    """nDCG@k, MRR@k and Recall@1/k/100 of rankings (at least 100 deep) against each query's group."""
     judged = retrieval_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
     return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
 

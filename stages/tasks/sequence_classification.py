@@ -98,8 +98,9 @@ class SequenceClassification(Task):
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
         return classification_metrics(np.stack(rows), np.asarray(features["labels"]))
 
-    def example_scores(self, rows: list[np.ndarray], features: Dataset) -> np.ndarray:
-        return (np.stack(rows).argmax(-1) == np.asarray(features["labels"])).astype(float)  # accuracy's terms
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray]:
+        logits, labels = np.stack(rows), np.asarray(features["labels"])
+        return classification_metrics(logits, labels), (logits.argmax(-1) == labels).astype(float)  # accuracy's terms
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
