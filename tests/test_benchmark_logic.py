@@ -175,6 +175,43 @@ def test_paired_bootstrap_gap_closed_forms():
             paired_bootstrap_gap(*bad)
 
 
+def test_paired_bootstrap_of_a_statistic():
+    import numpy as np
+    import pytest
+
+    from stages._stats import ExampleScores, paired_bootstrap_gap
+    from stages.tasks.ner_data import entity_counts, entity_scores, f1_of_counts
+    from stages.tasks.sentence_embedding import spearman_of_columns
+
+    # The mean as a statistic gives the vector path's interval (other draws, same distribution).
+    n = 2000
+    reference, other = np.zeros(n), np.zeros(n)
+    reference[:100], other[100:200] = 1, 1
+    mean = paired_bootstrap_gap(ExampleScores(reference[:, None], np.mean), ExampleScores(other[:, None], np.mean),
+                                resamples=4000, seed=1)
+    half = 1.96 * np.sqrt(0.1 / n)
+    assert mean["gap"] == 0.0 and mean["differ"] == pytest.approx(0.1)
+    assert mean["low"] == pytest.approx(-half, rel=0.1) and mean["high"] == pytest.approx(half, rel=0.1)
+    # Spearman: a model that ranks the pairs exactly as gold is 1 on every resample.
+    gold = np.arange(30.0)
+    exact = ExampleScores(np.c_[gold, gold], spearman_of_columns)
+    reversed_ = ExampleScores(np.c_[-gold, gold], spearman_of_columns)
+    assert paired_bootstrap_gap(exact, exact, 100) == {"gap": 0.0, "low": 0.0, "high": 0.0, "differ": 0.0,
+                                                      "examples": 30.0}
+    got = paired_bootstrap_gap(exact, reversed_, 100)
+    assert (got["gap"], got["low"], got["high"]) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="neither"):
+        paired_bootstrap_gap(exact, gold, 10)
+    # Entity F1 from per-sentence counts is seqeval's micro F1 (by hand: 2 tp / (2 tp + fp + fn)).
+    gold_tags = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"], ["B-LOC", "O"]]
+    pred_tags = [["B-PER", "I-PER", "O", "O"], ["O", "B-LOC"], ["B-LOC", "B-MISC"]]
+    counts = entity_counts(gold_tags, pred_tags)
+    assert counts.tolist() == [[1, 0, 1], [0, 1, 1], [1, 1, 0]]
+    assert f1_of_counts(counts) == pytest.approx(2 * 2 / (2 * 2 + 2 + 2))
+    assert f1_of_counts(counts) == pytest.approx(entity_scores(gold_tags, pred_tags)["entity_f1"])
+    assert f1_of_counts(np.zeros((2, 3))) == 0.0
+
+
 def test_gap_markdown_states_the_resolution():
     from stages.benchmark import gap_markdown, quality_gaps
 

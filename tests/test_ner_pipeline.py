@@ -86,6 +86,10 @@ def test_benchmark_has_the_stock_token_classifier_and_entity_metrics(rows):
         assert r["entity_f1"] > 0.8 and r["latency_real"]["p50_ms"] > 0
     v = report["variants"]
     assert v["student-onnx"]["entity_f1"] == pytest.approx(v["student-pytorch"]["entity_f1"])
+    # Entity F1 from resampled sentences' (tp, fp, fn): an interval around each variant's gap
+    gap = v["student-int8"]["gap_to_teacher"]
+    assert gap["gap"] == pytest.approx(v["teacher-pytorch"]["entity_f1"] - v["student-int8"]["entity_f1"])
+    assert gap["low"] <= gap["gap"] <= gap["high"] and gap["examples"] == report["test_examples"]
     assert "| test entity F1 | test precision | test recall |" in (path / "results.md").read_text()
     baseline_path, _ = manifest(rows, "baseline")
     stock = ort.InferenceSession(str(next((baseline_path / "int8").glob("*.onnx"))), providers=["CPUExecutionProvider"])

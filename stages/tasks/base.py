@@ -153,16 +153,24 @@ class Task:
         names = {i.name for i in session.get_inputs()}
         return lambda batch: session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
 
-    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray | None]:
-        """`metrics`, and per-example values whose mean is the primary metric (for the benchmark's
-        paired bootstrap of each variant's gap to the teacher), from one pass over the outputs;
-        None where the metric is not a mean over examples (entity F1, Spearman)."""
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], Any]:
+        """`metrics`, and per-example scores for the benchmark's paired bootstrap of each variant's
+        gap to the teacher, from one pass over the outputs: a vector whose mean is the primary
+        metric, or `stages._stats.ExampleScores` (per-example values and the statistic that makes
+        the metric of them: entity F1, Spearman); None where examples cannot be resampled alone."""
         return self.metrics(rows, features), None
 
     def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
         """How close one model's outputs are to a reference's on the same inputs (INT8 vs fp32,
         student vs teacher), beyond the metrics; {} when the metrics say it all."""
         return {}
+
+    def cross_encoded_rows(self, query_rows: list[np.ndarray], document_rows: list[np.ndarray],
+                           features: Dataset) -> list[np.ndarray] | None:
+        """A dual encoder's test rows with the queries from one model and the documents from
+        another (a student answering queries over an index its teacher built); None where the
+        task has no such split, or the two models' vectors live in different spaces."""
+        return None
 
     def corpus_texts(self, split: Dataset) -> tuple[list[str], list[str]] | None:
         """(queries, documents) of a retrieval split, for the benchmark's index timings; None

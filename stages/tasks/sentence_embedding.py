@@ -55,6 +55,7 @@ from stages._sentence import (
     st_settings,
     write_st_modules,
 )
+from stages._stats import ExampleScores
 from stages.tasks import embedding_data as ed
 from stages.tasks.base import TEACHER_LOGITS, Batch, Task, predict_rows
 from stages.tasks.sequence_classification import (
@@ -198,15 +199,30 @@ class SentenceEmbedding(Task):
             return passage_retrieval_metrics(vectors, labels, np.asarray(roles), self.k)
         return label_retrieval_metrics(vectors, labels, self.k)
 
-    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray | None]:
-        """Passage retrieval adds each query's nDCG@k (their mean is the primary metric); Spearman and
-        retrieval by label are not per-query means of this kind."""
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], Any]:
+        """Passage retrieval adds each query's nDCG@k (their mean is the primary metric), scored pairs
+        each pair's (cosine, gold) with Spearman as the statistic; retrieval by label (every text
+        queries the others: resampling texts would resample the corpus too) has none."""
+        if self.kind == "pairs":
+            vectors, gold = np.stack(rows), np.asarray(features["labels"], dtype=np.float64)[0::2]
+            per_pair = ExampleScores(np.column_stack([pair_cosines(vectors), gold]), spearman_of_columns)
+            return pair_metrics(vectors, features["labels"]), per_pair
         if self.kind != "retrieval":
             return self.metrics(rows, features), None
         vectors, groups, roles = np.stack(rows), np.asarray(features["labels"]), np.asarray(features[ed.ROLE])
         rankings, q_groups = passage_rankings(vectors, groups, roles, max(100, self.k))  # one search for both
         return (ranked_passage_metrics(rankings, q_groups, self.k),
                 np.asarray([ndcg_at_k(r, {g}, self.k) for r, g in zip(rankings, q_groups, strict=True)]))
+
+    def cross_encoded_rows(self, query_rows: list[np.ndarray], document_rows: list[np.ndarray],
+                           features: Dataset) -> list[np.ndarray] | None:
+        """Passage retrieval only, and only between vectors of one width (a student in the
+        teacher's space; a static model's PCA space, or `output_space: student`, is another)."""
+        if (self.kind != "retrieval" or self.cfg.task.output_space == "student"
+                or query_rows[0].shape != document_rows[0].shape):
+            return None
+        return [d if role == ed.DOCUMENT else q
+                for q, d, role in zip(query_rows, document_rows, features[ed.ROLE], strict=True)]
 
     def compare_rows(self, reference: list[np.ndarray], rows: list[np.ndarray]) -> dict[str, float]:
         return embedding_agreement(np.stack(reference), np.stack(rows), self.k)
@@ -410,6 +426,11 @@ def pair_cosines(vectors: np.ndarray) -> np.ndarray:
     """Rows 2i and 2i+1 are pair i: each pair's cosine."""
     unit = l2_normalize(np.asarray(vectors, dtype=np.float64))
     return (unit[0::2] * unit[1::2]).sum(1)
+
+
+def spearman_of_columns(values: np.ndarray) -> float:
+    """Spearman of column 0 (cosines) against column 1 (gold scores)."""
+    return spearman(values[:, 0], values[:, 1])
 
 
 def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:

@@ -29,9 +29,18 @@ from pipeline.config import CONLL_SUFFIXES
 from pipeline.stage import StageError
 from stages._losses import IGNORE_LABEL, token_distillation_loss
 from stages._sources import WNUT16, extract
+from stages._stats import ExampleScores
 from stages._tables import SPLITS, file_splits, load_hub, read_table
 from stages.tasks.base import TEACHER_LOGITS, Task, predict_rows
-from stages.tasks.ner_data import Sentence, entity_scores, read_conll, read_token_rows, to_iob2
+from stages.tasks.ner_data import (
+    Sentence,
+    entity_counts,
+    entity_scores,
+    f1_of_counts,
+    read_conll,
+    read_token_rows,
+    to_iob2,
+)
 
 TOKENS, TAGS, TEXT = "tokens", "tags", "text"
 WORD_START = "word_start"  # 1 at each word's first piece: where word-level targets sit
@@ -184,6 +193,16 @@ class TokenClassification(Task):
         return out
 
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
+        return _flat(entity_scores(*self._tag_sequences(rows, features)))
+
+    def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], ExampleScores]:
+        """Entity F1 is not a mean over sentences: each sentence's (tp, fp, fn) entity counts, with
+        micro F1 over their sums as the statistic, for the benchmark's paired bootstrap."""
+        gold, pred = self._tag_sequences(rows, features)
+        return _flat(entity_scores(gold, pred)), ExampleScores(entity_counts(gold, pred), f1_of_counts)
+
+    def _tag_sequences(self, rows: list[np.ndarray], features: Dataset) -> tuple[list[list[str]], list[list[str]]]:
+        """Gold and predicted tags per sentence (words the windows never reached: O)."""
         names = features.features["gold"].feature.names
         predicted = self.word_predictions(rows, features)
         gold_of = dict(zip(features["sentence"], features["gold"], strict=True))
@@ -193,7 +212,7 @@ class TokenClassification(Task):
             gold.append([names[t] for t in tags])
             pred.append([names[int(predicted[s][w].argmax())] if w in predicted[s] else "O"
                          for w in range(len(tags))])
-        return _flat(entity_scores(gold, pred))
+        return gold, pred
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
