@@ -218,7 +218,8 @@ def search(
     queries: TextsArg = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Hits per query.")] = 10,
     bundle: Annotated[str | None, typer.Option(help="The bundle that embeds queries (default: the one "
-                                               "that built the index, where it was).")] = None,
+                                               "that built the index, where it was; or one that shares its "
+                                               "embedding space: a student over its teacher's index).")] = None,
     input_file: InputOpt = None,
     text_column: ColumnOpt = "text",
     rerank: Annotated[str | None, typer.Option(help="A cross-encoder bundle that re-ranks the retrieved "
@@ -328,7 +329,7 @@ def serve(
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted.")] = 10_000,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1_000_000,
     index_dir: Annotated[Path | None, typer.Option("--index", help="Also answer POST /search from this "
-                                                   "index (built with this bundle).")] = None,
+                                                   "index (built with this bundle, or with a bundle of its embedding space: the teacher of a student).")] = None,
     threads: ThreadsOpt = 0,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -343,7 +344,7 @@ def serve(
         from bertpress.index import VectorIndex
 
         found = VectorIndex.open(index_dir)
-        found.check_bundle(model)
+        found.check_bundle(model, queries=True)
     version = model.path.parent.name.removeprefix("v") if source.startswith("models:/") else None
     routes = "/predict, /embed" + (", /rerank" if model.task == "cross-encoder" else "") + (", /search" if found else "")
     err_console.print(f"serving {model.path} ({model.task}) on http://{host}:{port} (POST {routes})")

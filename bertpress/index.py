@@ -11,7 +11,11 @@
                          tokenizer), the embedding, the index type, and the document count
 
 A query embedded by another bundle lives in another vector space: opening an index with a bundle
-other than the one recorded is refused (rebuild the index with the new bundle instead). Every save
+other than the one recorded is refused (rebuild the index with the new bundle instead), with one
+exception: bundles that declare the same embedding space (`sentence_embedding.space` in bundle.json:
+a student distilled into its teacher's space, and that teacher) may answer queries over each other's
+index, so a corpus embedded once by the teacher serves the student's queries. Documents are only
+added by the bundle that made the index. Every save
 writes new files beside the old ones and renames them into place, index.json last, so an interrupted
 add leaves the previous index readable.
 """
@@ -53,11 +57,17 @@ def bundle_identity(model) -> dict[str, str]:
     return {"name": str(model.metadata.get("name", model.path.name)), "path": str(model.path.resolve()),
             "model_sha256": sums.get(bundle_format.MODEL_FILE, sums.get(STATIC_FILE, "")),
             "tokenizer_sha256": sums.get(bundle_format.TOKENIZER_FILE, ""),
-            "embedding": model.embedding_name}
+            "embedding": model.embedding_name,
+            "space": (model.metadata.get("sentence_embedding") or {}).get("space") or ""}
 
 
 def same_bundle(a: dict[str, str], b: dict[str, str]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("model_sha256", "tokenizer_sha256", "embedding"))
+
+
+def same_space(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Both bundles declare one embedding space (a student kept in its teacher's, and the teacher)."""
+    return bool(a.get("space")) and a.get("space") == b.get("space")
 
 
 def read_documents(path: Path, text_column: str = "text", id_column: str = "id") -> list[Document]:
@@ -137,16 +147,24 @@ class VectorIndex:
                              f"{meta['count']}: the index is inconsistent; rebuild it (--rebuild)")
         return cls(path, meta, index, documents)
 
-    def check_bundle(self, model) -> None:
-        """Refuse a bundle other than the one whose vectors the index holds."""
+    def check_bundle(self, model, queries: bool = False) -> None:
+        """Refuse a bundle other than the one whose vectors the index holds; for `queries`, also
+        accept one that declares the same embedding space."""
         made_by, given = self.meta["bundle"], bundle_identity(model)
-        if not same_bundle(made_by, given):
+        if same_bundle(made_by, given) or (queries and same_space(made_by, given)):
+            return
+        if same_space(made_by, given):
             raise BundleError(
-                f"index {self.path} was built with bundle {made_by['name']!r} ({made_by['path']}, graph "
-                f"sha256 {made_by['model_sha256'][:12]}); {given['path']} is a different model (graph "
-                f"sha256 {given['model_sha256'][:12]}) whose vectors live in another space. Use the "
-                f"index's bundle, or re-embed the stored documents with this one: "
-                f"bertpress index {given['path']} --out {self.path} --rebuild")
+                f"index {self.path} was built with bundle {made_by['name']!r} ({made_by['path']}); "
+                f"{given['path']} shares its embedding space ({given['space']}), so it may search this "
+                "index, but documents are added by the bundle that built it: "
+                f"bertpress index {made_by['path']} --input CORPUS --out {self.path}")
+        raise BundleError(
+            f"index {self.path} was built with bundle {made_by['name']!r} ({made_by['path']}, graph "
+            f"sha256 {made_by['model_sha256'][:12]}); {given['path']} is a different model (graph "
+            f"sha256 {given['model_sha256'][:12]}) whose vectors live in another space. Use the "
+            f"index's bundle, or re-embed the stored documents with this one: "
+            f"bertpress index {given['path']} --out {self.path} --rebuild")
 
     # -- content ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -173,7 +191,7 @@ class VectorIndex:
 
     def search(self, model, queries: Sequence[str], k: int = 10, batch_size: int = 32) -> list[list[dict]]:
         """Per query, up to k hits {rank, id, score, text, metadata}, best first."""
-        self.check_bundle(model)
+        self.check_bundle(model, queries=True)
         return self.search_vectors(model.encode(list(queries), batch_size=batch_size), k)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[dict]]:

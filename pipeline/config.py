@@ -770,6 +770,12 @@ class ReleaseConfig(_Section):
         description="The bundle is re-scored through the torch-free runtime; fail the release if "
         "its primary test metric differs from the benchmark's by more than this.",
     )
+    teacher_bundle: bool = Field(
+        False, description="Sentence embeddings in the teacher's space: also ship the teacher (fp32 ONNX) "
+        "as bundle-teacher/, a document encoder. Index the corpus once with it and answer queries with "
+        "the student (`bertpress search IDX --bundle STUDENT`): the benchmark's 'queries over the "
+        "teacher's index'.",
+    )
 
 
 class GatesConfig(_Section):
@@ -837,6 +843,11 @@ class PipelineConfig(_Section):
                 "may only hold letters, digits, '_', '.' and '-'; set release.model_name"
             )
         self._task_needs()
+        if self.release.teacher_bundle and (self.task.type != "sentence-embedding"
+                                            or self.task.output_space != "teacher"):
+            raise ValueError("release.teacher_bundle ships the teacher as a document encoder whose vectors the "
+                             "student's queries search: it needs task.type: sentence-embedding with "
+                             "task.output_space: teacher; set release.teacher_bundle: false")
         student = self.distill.student
         if student.keep_layers is not None and self.teacher.random is not None:
             depth = self.teacher.random.num_hidden_layers

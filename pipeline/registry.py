@@ -195,7 +195,7 @@ STAGES: tuple[StageSpec, ...] = (
           "quality, latency, throughput and size of every variant"),
     _spec("release", ("dataset", "labels", "data_report", "student_model", "student_settings", "parity", "student_best",
                       "student_dir", "student_int8", "student_int8_dir", "quantize_report",
-                      "benchmark_report", "static_result"),
+                      "benchmark_report", "static_result", "teacher_model", "teacher_best", "teacher_dir"),
           ("bundle",), ("release", "project.name"),
           "bundle + model card + checksums, registered with alias 'candidate'"),
 )

@@ -28,6 +28,7 @@ from stages.tasks.base import Task
 
 CANDIDATE_ALIAS = "candidate"
 STATIC_BUNDLE = "bundle-static"
+TEACHER_BUNDLE = "bundle-teacher"
 
 
 def model_source(ctx: StageContext) -> tuple[Path, Path]:
@@ -37,7 +38,10 @@ def model_source(ctx: StageContext) -> tuple[Path, Path]:
     return ctx.path("student_best"), ctx.path("student_dir")
 
 
-def write_bundle(ctx: StageContext, task: Task, onnx_path: Path, tokenizer_dir: Path, target: Path) -> dict[str, Any]:
+def write_bundle(ctx: StageContext, task: Task, onnx_path: Path, tokenizer_dir: Path, target: Path,
+                 teacher: bool = False) -> dict[str, Any]:
+    """The student's bundle, or with `teacher` the teacher's (a document encoder whose vectors the
+    student's queries search)."""
     cfg = ctx.cfg
     target.mkdir(parents=True)
     shutil.copy2(onnx_path, target / bundle_format.MODEL_FILE)
@@ -47,13 +51,13 @@ def write_bundle(ctx: StageContext, task: Task, onnx_path: Path, tokenizer_dir: 
                          "the torch-free runtime); rerun `make export --force`")
     shutil.copy2(tokenizer_json, target / bundle_format.TOKENIZER_FILE)
     id2label, _ = label_maps(ctx.path("labels"))
-    model_config = json.loads((ctx.path("student_model") / "config.json").read_text())
+    model_config = json.loads((ctx.path("teacher_model" if teacher else "student_model") / "config.json").read_text())
     bench = ctx.read_json("benchmark_report")["variants"]
-    variant = cfg.release.variant
+    variant = "teacher-onnx" if teacher else cfg.release.variant
     measured = bench.get(variant, {})
     metadata = {
         "format": bundle_format.FORMAT,
-        "name": cfg.registered_model_name,
+        "name": f"{cfg.registered_model_name}-teacher" if teacher else cfg.registered_model_name,
         "task": task.name,
         "labels": [id2label[i] for i in range(len(id2label))],
         "max_length": cfg.data.max_length,
@@ -61,7 +65,7 @@ def write_bundle(ctx: StageContext, task: Task, onnx_path: Path, tokenizer_dir: 
         "padding": "longest",
         "pad_token": "[PAD]",
         "inputs": ["input_ids", "attention_mask", "token_type_ids"],
-        "outputs": ctx.read_json("parity").get("student_outputs", ["logits"]),
+        "outputs": ["logits"] if teacher else ctx.read_json("parity").get("student_outputs", ["logits"]),
         "variant": variant,
         "architecture": {k: model_config.get(k) for k in (
             "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")},
@@ -79,10 +83,43 @@ def write_bundle(ctx: StageContext, task: Task, onnx_path: Path, tokenizer_dir: 
             "created_unix": int(time.time()),
         },
     } | task.bundle_metadata(model_config)
+    space = embedding_space(ctx)
+    if space is not None:
+        metadata["sentence_embedding"]["space"] = space
     save_json(target / bundle_format.METADATA_FILE, metadata)
-    (target / bundle_format.CARD_FILE).write_text(model_card(ctx, task, metadata, bench))
+    card = teacher_card(cfg, metadata) if teacher else model_card(ctx, task, metadata, bench)
+    (target / bundle_format.CARD_FILE).write_text(card)
     bundle_format.write_checksums(target)  # last: seals the bundle
     return metadata
+
+
+def embedding_space(ctx: StageContext) -> str | None:
+    """Which vectors this release's embeddings can be compared with: a student that embeds into its
+    teacher's space shares the teacher's id (its name and the sha256 of its weights), so an index
+    the teacher built answers the student's queries; None for other tasks and a student's own space."""
+    cfg = ctx.cfg
+    if cfg.task.type != "sentence-embedding" or cfg.task.output_space != "teacher":
+        return None
+    weights = sorted(ctx.path("teacher_model").glob("*.safetensors")) or [ctx.path("teacher_best")]
+    digest = bundle_format.file_sha256(weights[0])
+    return f"{cfg.teacher.model}#sha256:{digest[:16]}"
+
+
+def teacher_card(cfg, meta: dict[str, Any]) -> str:
+    metrics, sentence = meta["metrics"], meta["sentence_embedding"]
+    primary = metrics["primary"]
+    return f"""# {meta['name']}
+
+The teacher (`{cfg.teacher.model}`) of `{cfg.registered_model_name}`, exported to ONNX (fp32, fused), as a
+document encoder: {sentence['dim']}-dimensional embeddings in the vector space `{sentence['space']}`, which
+the student bundle shares. Embed the corpus once with this bundle; answer queries with the student:
+
+    bertpress index <this directory> --input corpus.jsonl --out idx/
+    bertpress search idx/ "a question" --bundle <the student bundle>
+
+Test {primary} (both sides embedded by this model): {metrics.get(f'test_{primary}')}; batch-1 p50
+{metrics.get('latency_p50_ms')} ms; {metrics.get('size_mb')} MB.
+"""
 
 
 def model_card(ctx: StageContext, task: Task, meta: dict[str, Any], bench: dict[str, dict]) -> str:
@@ -251,7 +288,15 @@ def run(ctx: StageContext) -> StageResult:
         info["registered_model"] = {"name": name, "version": version, "alias": CANDIDATE_ALIAS,
                                     "tracking_uri": ctx.tracker.tracking_uri, "run_id": run_id}
         metrics["release/model_version"] = float(version)
-    outputs = {"bundle": BUNDLE_ARTIFACT_PATH} | ({"static_bundle": STATIC_BUNDLE} if "static_bundle" in info else {})
+    if cfg.release.teacher_bundle:
+        teacher_dir = ctx.out / TEACHER_BUNDLE
+        write_bundle(ctx, task, ctx.path("teacher_best"), ctx.path("teacher_dir"), teacher_dir, teacher=True)
+        Model(teacher_dir, threads=cfg.runtime.threads)  # it opens in the runtime
+        info["teacher_bundle"] = str(teacher_dir)
+        ctx.tracker.log_artifact(teacher_dir, TEACHER_BUNDLE)
+        ctx.log.info("teacher bundle (the document encoder for student queries): %s", teacher_dir)
+    outputs = ({"bundle": BUNDLE_ARTIFACT_PATH} | ({"static_bundle": STATIC_BUNDLE} if "static_bundle" in info else {})
+               | ({"teacher_bundle": TEACHER_BUNDLE} if "teacher_bundle" in info else {}))
     return StageResult(metrics=metrics, outputs=outputs, info=info)
 
 

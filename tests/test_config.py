@@ -658,3 +658,12 @@ def test_four_bit_tables_name_their_recipe_and_build_their_own_graph() -> None:
 def test_four_bit_tables_refuse_what_cannot_be_built(candidate: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"quantize.candidates=[{candidate}]"])
+
+
+def test_a_teacher_bundle_needs_a_student_in_the_teacher_space() -> None:
+    with pytest.raises(ConfigError, match="release.teacher_bundle .* task.type: sentence-embedding"):
+        load_config(TINY, ["release.teacher_bundle=true"])
+    with pytest.raises(ConfigError, match="task.output_space: teacher"):
+        load_config(REPO_ROOT / "configs" / "tiny-embeddings.yaml",
+                    ["release.teacher_bundle=true", "task.output_space=student"])
+    assert load_config(REPO_ROOT / "configs" / "tiny-retrieval.yaml").release.teacher_bundle

@@ -89,6 +89,41 @@ def test_an_index_refuses_another_bundle_until_rebuilt(bundles, tmp_path):
     assert got == brute_force(b, docs, QUERIES, 3)[0]
 
 
+def declare_space(bundle: Path, target: Path, space: str) -> Path:
+    """A copy of a bundle whose bundle.json says its sentence embedding (its logits, here) lives in
+    `space`, as the release stage writes for a student kept in its teacher's space and that teacher."""
+    import shutil
+
+    from bertpress import bundle as bundle_format
+
+    shutil.copytree(bundle, target)
+    meta = json.loads((target / bundle_format.METADATA_FILE).read_text())
+    meta["sentence_embedding"] = {"output": "logits", "dim": 2, "pooling": "mean", "normalized": False,
+                                  "space": space}
+    (target / bundle_format.METADATA_FILE).write_text(json.dumps(meta))
+    bundle_format.write_checksums(target)
+    return target
+
+
+def test_a_bundle_of_the_index_space_searches_it_but_adds_nothing(bundles, tmp_path):
+    teacher = Model(declare_space(bundles[0], tmp_path / "teacher", "t#sha256:1"))
+    student = Model(declare_space(bundles[1], tmp_path / "student", "t#sha256:1"))
+    stranger = Model(declare_space(bundles[1], tmp_path / "stranger", "u#sha256:2"))
+    docs = corpus(30, 9)
+    vindex.build(teacher, docs, tmp_path / "idx", progress=False)
+    opened = vindex.VectorIndex.open(tmp_path / "idx")
+    assert opened.meta["bundle"]["space"] == "t#sha256:1"
+    # The student's query vectors against the teacher's document vectors, brute force.
+    want = np.sort(student.encode(QUERIES) @ teacher.encode([d.text for d in docs]).T, axis=1)[:, ::-1][:, :4]
+    got = [[h["score"] for h in row] for row in opened.search(student, QUERIES, k=4)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BundleError, match="added by the bundle that built it"):
+        opened.add(student, corpus(2, 10, start=100))
+    for other in (stranger, Model(bundles[1])):  # another space, or none declared
+        with pytest.raises(BundleError, match="--rebuild"):
+            opened.search(other, QUERIES, k=4)
+
+
 def test_hnsw_recall_against_exact(bundles, tmp_path):
     model = Model(bundles[0])
     docs = corpus(300, 4)

@@ -20,6 +20,7 @@ from conftest import (
     TINY_EMBEDDINGS,
     assert_rerun_is_all_cache_hits,
     cli_status,
+    no_torch_rows,
     run_cli,
     stage_manifest,
 )
@@ -86,7 +87,9 @@ def test_bundle_embeds_indexes_and_searches_without_torch(rows, tmp_path):
     bundle = Path(rows["release"]["path"]) / "bundle"
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["task"] == "sentence-embedding"
+    space = meta["sentence_embedding"].pop("space")  # the teacher's: the student embeds into its space
     assert meta["sentence_embedding"] == {"output": "logits", "dim": 32, "pooling": "mean", "normalized": True}
+    assert space.startswith(load_config(ROOT / TINY_EMB).teacher.model + "#sha256:")
     out = [json.loads(line) for line in no_torch("predict", str(bundle), "a great film", "dull").stdout.splitlines()]
     vectors = np.array([o["embedding"] for o in out])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -497,6 +500,20 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         gap = over["student-int8"]["gap_to_teacher"]
         assert gap["gap"] == pytest.approx(teacher[metric] - over["student-int8"][metric])
         assert "## Queries over the teacher's index" in (Path(rows["benchmark"]["path"]) / "results.md").read_text()
+        # Shipped that way: the teacher bundle builds the index, the student's queries search it, torch-free.
+        student_bundle, teacher_bundle = (Path(rows["release"]["path"]) / name for name in ("bundle", "bundle-teacher"))
+        spaces = {json.loads((b / "bundle.json").read_text())["sentence_embedding"]["space"]
+                  for b in (student_bundle, teacher_bundle)}
+        assert len(spaces) == 1 and "#sha256:" in spaces.pop()  # the teacher's name and weights
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text("the river flows north\nthe mountain is tall\na city by the sea\n")
+        no_torch("index", str(teacher_bundle), "--input", str(corpus), "--out", str(tmp_path / "idx"))
+        [hit] = no_torch_rows("search", str(tmp_path / "idx"), "which way does the river flow", "-k", "1",
+                              "--bundle", str(student_bundle))
+        assert hit["hits"][0]["rank"] == 1
+        refused = subprocess.run([*NO_TORCH, "index", str(student_bundle), "--input", str(corpus), "--out",
+                                  str(tmp_path / "idx")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "added by the bundle that built it" in refused.stderr
     else:
         assert "over_teacher_index" not in bench
 
