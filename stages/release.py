@@ -197,7 +197,10 @@ def outputs_note(meta: dict[str, Any], embeds: list[str]) -> str:
     if sentence:
         return (f"Output: the sentence embedding ({sentence['dim']} dimensions, {sentence['pooling']} pooling"
                 f"{', L2-normalised: dot product = cosine' if sentence['normalized'] else ''}), computed inside "
-                "the graph; `bertpress index` / `search` build a vector index on it.")
+                "the graph; `bertpress index` / `search` build a vector index on it."
+                + (f" It embeds into its teacher's space (`{sentence['space']}`), so it also answers queries "
+                   "over an index the teacher's bundle built: `bertpress search IDX \"query\" --bundle "
+                   "<this directory>`." if sentence.get("space") else ""))
     return f"Outputs: logits{(' + embeddings: ' + ', '.join(embeds)) if embeds else ' only (no embeddings)'}."
 
 

@@ -505,6 +505,7 @@ def test_pairs_and_retrieval_run_through_every_stage(tmp_path, config, metric):
         spaces = {json.loads((b / "bundle.json").read_text())["sentence_embedding"]["space"]
                   for b in (student_bundle, teacher_bundle)}
         assert len(spaces) == 1 and "#sha256:" in spaces.pop()  # the teacher's name and weights
+        assert "--bundle <this directory>" in (student_bundle / "README.md").read_text()  # the card says how
         corpus = tmp_path / "corpus.txt"
         corpus.write_text("the river flows north\nthe mountain is tall\na city by the sea\n")
         no_torch("index", str(teacher_bundle), "--input", str(corpus), "--out", str(tmp_path / "idx"))
