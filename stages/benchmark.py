@@ -536,7 +536,7 @@ def teacher_index_rows(task: Task, test, teacher_dir: Path, rows: dict[str, list
     queries by the small one, per request (Campos et al. 2023, "Quick dense retrievers consume
     KALE"). Metrics and the gap to the teacher, from outputs already computed (no inference);
     {} where the task has no such split or a variant's vectors live in another space."""
-    if reference not in rows:
+    if reference not in rows or task.corpus_texts(test) is None:  # no queries and documents
         return {}
     features = task.features(test, AutoTokenizer.from_pretrained(teacher_dir))
     found: dict[str, dict] = {}
