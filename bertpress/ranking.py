@@ -50,18 +50,30 @@ def recall_at_k(ranked: Sequence[Hashable], relevant: Judgments, k: int) -> floa
     return len(set(ranked[:k]) & gains.keys()) / len(gains)
 
 
-def retrieval_metrics(rankings: Iterable[Sequence[Hashable]], judgments: Iterable[Judgments],
-                      recall_ks: Sequence[int] = (1, 10, 100), k: int = 10) -> dict[str, float]:
-    """Mean nDCG@k, MRR@k and Recall@(each of recall_ks) over the queries with a relevant document."""
+def per_query_metrics(rankings: Iterable[Sequence[Hashable]], judgments: Iterable[Judgments],
+                      recall_ks: Sequence[int] = (1, 10, 100), k: int = 10) -> dict[str, np.ndarray]:
+    """Each query's nDCG@k, MRR@k and Recall@(each of recall_ks), for the queries with a relevant
+    document, in order: the terms `retrieval_metrics` averages (and a paired bootstrap resamples)."""
     rows = [(list(r), j) for r, j in zip(rankings, judgments, strict=True) if _gains(j)]
     if not rows:
         raise ValueError("no query has a relevant document: nothing to score")
-    out = {f"ndcg@{k}": float(np.mean([ndcg_at_k(r, j, k) for r, j in rows])),
-           f"mrr@{k}": float(np.mean([mrr_at_k(r, j, k) for r, j in rows]))}
+    out = {f"ndcg@{k}": np.asarray([ndcg_at_k(r, j, k) for r, j in rows]),
+           f"mrr@{k}": np.asarray([mrr_at_k(r, j, k) for r, j in rows])}
     for n in recall_ks:
-        out[f"recall@{n}"] = float(np.mean([recall_at_k(r, j, n) for r, j in rows]))
-    out["queries"] = float(len(rows))
+        out[f"recall@{n}"] = np.asarray([recall_at_k(r, j, n) for r, j in rows])
     return out
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """`per_query_metrics` averaged over the queries, with their count under "queries"."""
+    return {name: float(v.mean()) for name, v in per_query.items()} | {
+        "queries": float(len(next(iter(per_query.values()))))}
+
+
+def retrieval_metrics(rankings: Iterable[Sequence[Hashable]], judgments: Iterable[Judgments],
+                      recall_ks: Sequence[int] = (1, 10, 100), k: int = 10) -> dict[str, float]:
+    """Mean nDCG@k, MRR@k and Recall@(each of recall_ks) over the queries with a relevant document."""
+    return mean_metrics(per_query_metrics(rankings, judgments, recall_ks, k))
 
 
 def top_k_dot(queries: np.ndarray, documents: np.ndarray, depth: int,

@@ -144,9 +144,9 @@ def retrieval_timings(encode: Callable[[list[str]], np.ndarray], documents: list
 
 
 def measure(variant: Variant, test, texts: list, bcfg, task: Task,
-            log) -> tuple[dict[str, object], list[np.ndarray], np.ndarray | None]:
-    """The variant's test metrics and timings, its outputs on the test rows, and its per-example
-    scores (None where the task's metric is not a mean over examples)."""
+            log) -> tuple[dict[str, object], list[np.ndarray], Any, Any]:
+    """The variant's test metrics and timings, its outputs on the test rows, its per-example
+    scores (None where the task has none) and the test features it read."""
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer_dir)
     features = task.features(test, tokenizer)
     # One row at a time through dynamic INT8, whose outputs depend on their batch-mates.
@@ -181,7 +181,7 @@ def measure(variant: Variant, test, texts: list, bcfg, task: Task,
         result["throughput_real"][str(size)] = size / (np.median(ms) / 1000.0)
     log.info("%-22s %s %.4f  p50 %.2f ms (real)  %.1f MB", variant.name, task.primary_metric,
              result[task.primary_metric], result["latency_real"]["p50_ms"], variant.size_mb)
-    return result, rows, scores
+    return result, rows, scores, features
 
 
 def measure_static(folder: Path, test, texts: list, bcfg, task: Task, log) -> tuple[dict, list[np.ndarray]]:
@@ -364,10 +364,13 @@ def run(ctx: StageContext) -> StageResult:
     results: dict[str, dict] = {}
     rows: dict[str, list[np.ndarray]] = {}  # each variant's test outputs, for the agreement with the teacher
     scores: dict[str, Any] = {}  # each variant's per-example scores, for its gap to the teacher
+    row_features = None
     for name, make in builders.items():
         before = rss_mb()
         variant = make(None)  # built one at a time so only one model is resident while timing
-        results[name], rows[name], example_scores = measure(variant, test, texts, bcfg, task, ctx.log)
+        results[name], rows[name], example_scores, features = measure(variant, test, texts, bcfg, task, ctx.log)
+        if row_features is None:  # roles and labels of the test rows: the same for every variant
+            row_features = features
         if example_scores is not None:
             scores[name] = example_scores
         results[name]["memory_mb"] = rss_mb() - before  # resident growth: model + session + buffers
@@ -385,7 +388,7 @@ def run(ctx: StageContext) -> StageResult:
     gaps = quality_gaps(scores, reference, bcfg.bootstrap_resamples, cfg.project.seed)
     for name, gap in gaps.items():
         results[name]["gap_to_teacher"] = gap
-    over_teacher_index = teacher_index_rows(task, test, teacher_dir, rows, scores, reference,
+    over_teacher_index = teacher_index_rows(task, test, row_features, rows, scores, reference,
                                             bcfg.bootstrap_resamples, cfg.project.seed)
     sweeps: dict[str, dict] = {}
     if bcfg.sweep.enabled:
@@ -529,7 +532,7 @@ def retrieval_markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def teacher_index_rows(task: Task, test, teacher_dir: Path, rows: dict[str, list[np.ndarray]],
+def teacher_index_rows(task: Task, test, features, rows: dict[str, list[np.ndarray]],
                        scores: dict[str, Any], reference: str, resamples: int, seed: int) -> dict[str, dict]:
     """Each variant answering the test queries over the reference teacher's document vectors: a
     dual encoder deployed asymmetrically, the corpus embedded once by the large model and only the
@@ -538,7 +541,6 @@ def teacher_index_rows(task: Task, test, teacher_dir: Path, rows: dict[str, list
     {} where the task has no such split or a variant's vectors live in another space."""
     if reference not in rows or task.corpus_texts(test) is None:  # no queries and documents
         return {}
-    features = task.features(test, AutoTokenizer.from_pretrained(teacher_dir))
     found: dict[str, dict] = {}
     for name, own in rows.items():
         mixed = None if name == reference else task.cross_encoded_rows(own, rows[reference], features)

@@ -59,13 +59,21 @@ def f1(prediction: str, gold: str) -> float:
 def squad_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float]:
     """Mean exact match and F1 (0-1; the official script prints them x100), each the max over a
     question's gold answers."""
+    return squad_means(question_scores(predictions, golds))
+
+
+def squad_means(per_question: dict[str, np.ndarray]) -> dict[str, float]:
+    """`question_scores` averaged (0 for no questions)."""
+    return {name: float(v.mean()) if len(v) else 0.0 for name, v in per_question.items()}
+
+
+def question_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    """Each question's F1 and exact match (the max over its gold answers): what `squad_scores` averages."""
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
-    if not golds:
-        return {"f1": 0.0, "exact_match": 0.0}
-    em = [max(exact_match(p, g) for g in gold) for p, gold in zip(predictions, golds, strict=True)]
-    f = [max(f1(p, g) for g in gold) for p, gold in zip(predictions, golds, strict=True)]
-    return {"f1": float(np.mean(f)), "exact_match": float(np.mean(em))}
+    pairs = list(zip(predictions, golds, strict=True))
+    return {"f1": np.asarray([max(f1(p, g) for g in gold) for p, gold in pairs], dtype=float),
+            "exact_match": np.asarray([max(exact_match(p, g) for g in gold) for p, gold in pairs], dtype=float)}
 
 
 # -- spans over windows ------------------------------------------------------------------------------

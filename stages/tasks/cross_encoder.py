@@ -174,33 +174,24 @@ class CrossEncoder(Task):
 
     # -- metrics -------------------------------------------------------------------------------
     def metrics(self, rows: list[np.ndarray], features: Dataset) -> dict[str, float]:
-        scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
-        return self._ranking(features, scores)
+        return self.evaluate(rows, features)[0]
 
     def evaluate(self, rows: list[np.ndarray], features: Dataset) -> tuple[dict[str, float], np.ndarray]:
-        """The metrics, and each judged query's MRR@k from the ranking the primary metric reads
-        (fused with the retriever's scores when `_ranking` fuses them)."""
-        scores = np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64)
-        fused = self._fused(features, scores)
-        return self._ranking(features, scores), rd.query_mrr(features, scores if fused is None else fused, self.k)
+        """The metrics, and each judged query's MRR@k from the ranking the primary metric reads."""
+        return self._ranking(features, np.asarray([np.asarray(r).reshape(-1)[0] for r in rows], dtype=np.float64))
 
-    def _ranking(self, split: Dataset, scores: np.ndarray) -> dict[str, float]:
+    def _ranking(self, split: Dataset, scores: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
         """The candidates ranked by the cross-encoder's scores, fused with the retriever's when
         task.retriever_weight > 0 and the split has them (then the cross-encoder alone is beside it,
-        its keys prefixed cross_encoder_)."""
-        alone = rd.ranking_of(split, scores=scores, k=self.k)
-        fused = self._fused(split, scores)
-        if fused is None:
-            return alone
-        return rd.ranking_of(split, scores=fused, k=self.k) | {ALONE + key: v for key, v in alone.items()}
-
-    def _fused(self, split: Dataset, scores: np.ndarray) -> np.ndarray | None:
-        """The cross-encoder's scores fused with the retriever's, or None when not fusing
-        (task.retriever_weight 0, or a split without retriever scores)."""
+        its keys prefixed cross_encoder_); and each judged query's MRR@k in the ranking the primary
+        metric reads."""
+        alone, alone_mrr = rd.ranked(split, scores, self.k)
         retriever = np.asarray(split[rd.RETRIEVER_SCORE], dtype=np.float64)
         if not self.retriever_weight or np.isnan(retriever).any():
-            return None
-        return fuse_scores(scores, retriever, self.retriever_weight, split[rd.QUERY_ID])
+            return alone, alone_mrr
+        fused, fused_mrr = rd.ranked(split, fuse_scores(scores, retriever, self.retriever_weight,
+                                                        split[rd.QUERY_ID]), self.k)
+        return fused | {ALONE + key: v for key, v in alone.items()}, fused_mrr
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,
@@ -239,7 +230,7 @@ class CrossEncoder(Task):
         # As `bertpress rerank` runs: length-sorted batches of rerank_depth pairs (a dynamic INT8
         # graph scores a little differently than one pair at a time; the README has the numbers).
         scores = model.head.scores(self.timing_inputs(split), batch_size=self.cfg.task.rerank_depth)
-        return self._ranking(split, scores)
+        return self._ranking(split, scores)[0]
 
     def bundle_metadata(self, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"rerank_depth": self.cfg.task.rerank_depth, "retriever_weight": self.retriever_weight}

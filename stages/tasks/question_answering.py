@@ -27,8 +27,12 @@ from datasets import Dataset, DatasetDict
 from transformers import BertForQuestionAnswering, DataCollatorWithPadding
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from bertpress.tasks.question_answering import best_spans, squad_scores
-from bertpress.tasks.question_answering import f1 as answer_f1
+from bertpress.tasks.question_answering import (
+    best_spans,
+    question_scores,
+    squad_means,
+    squad_scores,
+)
 from pipeline.stage import StageError
 from stages._losses import span_cross_entropy, span_distillation_loss
 from stages._tables import SPLITS, file_splits, load_hub, read_table
@@ -189,9 +193,8 @@ class QuestionAnswering(Task):
         """SQuAD's scores and each question's F1 (the max over its gold answers; their mean is F1),
         from one span search."""
         found = self.predictions(rows, features)
-        answers, golds = [found[e][0] for e in sorted(found)], [found[e][1] for e in sorted(found)]
-        per_question = np.asarray([max(answer_f1(a, g) for g in gold) for a, gold in zip(answers, golds, strict=True)])
-        return squad_scores(answers, golds), per_question
+        per_question = question_scores([p for p, _ in found.values()], [g for _, g in found.values()])
+        return squad_means(per_question), per_question["f1"]
 
     # -- distillation --------------------------------------------------------------------------
     def distillation_data(self, ctx, raw: DatasetDict, teacher, teacher_tokenizer, student_tokenizer,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from bertpress.ranking import mrr_at_k, retrieval_metrics, top_k_dot
+from bertpress.ranking import mean_metrics, per_query_metrics, top_k_dot
 from pipeline.stage import StageError
 
 log = logging.getLogger("bertpress.data")
@@ -177,16 +177,15 @@ def ranking_of(rows: list[dict] | Dataset, score_column: str | None = None, scor
     nDCG@k, Recall@1 and Recall@k, each query judged by its relevant ids and gains."""
     if scores is None:
         scores = np.asarray([r[score_column] for r in rows] if isinstance(rows, list) else rows[score_column])
-    rankings, judgments = query_rankings(rows, scores)
-    judged = retrieval_metrics(rankings, judgments, recall_ks=(1, k), k=k)
-    return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
+    return ranked(rows, scores, k)[0]
 
 
-def query_mrr(rows: list[dict] | Dataset, scores: np.ndarray, k: int) -> np.ndarray:
-    """Each judged query's MRR@k (the queries `ranking_of` averages, in the same order)."""
-    rankings, judgments = query_rankings(rows, scores)
-    return np.asarray([mrr_at_k(r, j, k) for r, j in zip(rankings, judgments, strict=True) if any(
-        g > 0 for g in j.values())])
+def ranked(rows: list[dict] | Dataset, scores: np.ndarray, k: int) -> tuple[dict[str, float], np.ndarray]:
+    """`ranking_of`'s metrics and each judged query's MRR@k (their mean), from one ranking."""
+    per_query = per_query_metrics(*query_rankings(rows, scores), recall_ks=(1, k), k=k)
+    judged = mean_metrics(per_query)
+    return ({key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"},
+            per_query[f"mrr@{k}"])
 
 
 def query_rankings(rows: list[dict] | Dataset, scores: np.ndarray) -> tuple[list[list], list[dict]]:

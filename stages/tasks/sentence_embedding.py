@@ -32,8 +32,8 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 from bertpress.embeddings import l2_normalize, mean_pool
 from bertpress.ranking import (
     label_retrieval_metrics,
-    ndcg_at_k,
-    retrieval_metrics,
+    mean_metrics,
+    per_query_metrics,
     spearman,
     top_k_dot,
     top_k_overlap,
@@ -210,9 +210,7 @@ class SentenceEmbedding(Task):
         if self.kind != "retrieval":
             return self.metrics(rows, features), None
         vectors, groups, roles = np.stack(rows), np.asarray(features["labels"]), np.asarray(features[ed.ROLE])
-        rankings, q_groups = passage_rankings(vectors, groups, roles, max(100, self.k))  # one search for both
-        return (ranked_passage_metrics(rankings, q_groups, self.k),
-                np.asarray([ndcg_at_k(r, {g}, self.k) for r, g in zip(rankings, q_groups, strict=True)]))
+        return ranked_passage_metrics(*passage_rankings(vectors, groups, roles, max(100, self.k)), self.k)
 
     def cross_encoded_rows(self, query_rows: list[np.ndarray], document_rows: list[np.ndarray],
                            features: Dataset) -> list[np.ndarray] | None:
@@ -443,13 +441,16 @@ def pair_metrics(vectors: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 def passage_retrieval_metrics(vectors: np.ndarray, groups: np.ndarray, roles: np.ndarray, k: int) -> dict[str, float]:
     """Query rows (role 0) against document rows (role 1) by dot product; a query's relevant
     documents are those of its group."""
-    return ranked_passage_metrics(*passage_rankings(vectors, groups, roles, max(100, k)), k)
+    return ranked_passage_metrics(*passage_rankings(vectors, groups, roles, max(100, k)), k)[0]
 
 
-def ranked_passage_metrics(rankings: list, q_groups: np.ndarray, k: int) -> dict[str, float]:
-    """nDCG@k, MRR@k and Recall@1/k/100 of rankings (at least 100 deep) against each query's group."""
-    judged = retrieval_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
-    return {key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"}
+def ranked_passage_metrics(rankings: list, q_groups: np.ndarray, k: int) -> tuple[dict[str, float], np.ndarray]:
+    """nDCG@k, MRR@k and Recall@1/k/100 of rankings (at least 100 deep) against each query's group,
+    and each query's nDCG@k (their mean)."""
+    per_query = per_query_metrics(rankings, [{g} for g in q_groups], recall_ks=(1, k, 100), k=k)
+    judged = mean_metrics(per_query)
+    return ({key.replace("@", "_at_"): value for key, value in judged.items() if key != "queries"},
+            per_query[f"ndcg@{k}"])
 
 
 def passage_rankings(vectors: np.ndarray, groups: np.ndarray, roles: np.ndarray, depth: int) -> tuple[list, np.ndarray]:
